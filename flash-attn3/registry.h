@@ -1,0 +1,34 @@
+// Registry of compiled forward kernels. Each instantiation translation unit registers its
+// launcher at load time, so a build that compiles only part of the grid (while iterating)
+// still links, and the binding reports a clear error for what is missing.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "params.h"
+
+namespace sgl_fa3 {
+
+enum class Family : int { kPortable = 0 };
+
+struct KernelKey {
+  Family family;
+  DType dtype;
+  int head_dim;
+  int head_dim_v;
+  bool operator==(const KernelKey& o) const {
+    return family == o.family && dtype == o.dtype && head_dim == o.head_dim &&
+           head_dim_v == o.head_dim_v;
+  }
+};
+
+using FwdLauncher = cudaError_t (*)(const FwdParams&, cudaStream_t);
+
+// Returns nullptr when the kernel for `key` is not part of this build.
+FwdLauncher find_fwd(const KernelKey& key);
+
+struct FwdRegistration {
+  FwdRegistration(const KernelKey& key, FwdLauncher launcher);
+};
+
+}  // namespace sgl_fa3

@@ -1,0 +1,51 @@
+"""The one table of compiled kernels.
+
+It drives the generated instantiation sources (`scripts/generate.py` writes
+`flash-attn3/instantiations/*.cu` and the matching `src` list of `build.toml`), the
+Python-side support checks, and the test grid. Anything not listed here is not compiled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPE_NAMES: dict[torch.dtype, str] = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+_CXX_ELEMENT = {"fp16": "__half", "bf16": "__nv_bfloat16"}
+
+
+@dataclass(frozen=True)
+class Instantiation:
+    family: str  # kernel family ("portable": mma.sync + cp.async, sm80 and newer)
+    dtype: str  # "fp16" | "bf16"
+    head_dim: int
+    head_dim_v: int
+
+    @property
+    def name(self) -> str:
+        dv = "" if self.head_dim_v == self.head_dim else f"_dv{self.head_dim_v}"
+        return f"fwd_{self.family}_{self.dtype}_d{self.head_dim}{dv}"
+
+    @property
+    def source(self) -> str:
+        return f"flash-attn3/instantiations/{self.name}.cu"
+
+    @property
+    def cxx_element(self) -> str:
+        return _CXX_ELEMENT[self.dtype]
+
+
+INSTANTIATIONS: tuple[Instantiation, ...] = tuple(
+    Instantiation("portable", dtype, d, d) for dtype in ("fp16", "bf16") for d in (64, 128)
+)
+
+SUPPORTED_HEAD_DIMS: tuple[int, ...] = tuple(sorted({i.head_dim for i in INSTANTIATIONS}))
+
+
+def find(dtype: torch.dtype, head_dim: int, head_dim_v: int) -> Instantiation | None:
+    name = DTYPE_NAMES.get(dtype)
+    for inst in INSTANTIATIONS:
+        if (inst.dtype, inst.head_dim, inst.head_dim_v) == (name, head_dim, head_dim_v):
+            return inst
+    return None
