@@ -181,13 +181,12 @@ def attention_ref(
         # (h, sq, sk) scores, GQA by repeating each kv head `group` times.
         kk = k_b.to(calc).repeat_interleave(group, dim=1)
         vv = v_b.to(calc).repeat_interleave(group, dim=1)
-        s = torch.einsum("ihd,jhd->hij", rows.to(calc), kk)
-        if qv_b is not None:
-            s = s + torch.einsum("ihd,jhd->hij", qv_b[:sq].to(calc), vv)
-        s = s.to(torch.float64 if upcast else torch.float32)
-        if q_descale is not None:
+        s = torch.einsum("ihd,jhd->hij", rows.to(calc), kk).to(torch.float64 if upcast else torch.float32)
+        if q_descale is not None:  # FP8: undo the quantisation scales of q and k
             qk_scale = (q_descale[b] * k_descale[b]).repeat_interleave(group)
             s = s * qk_scale[:, None, None].to(s.dtype)
+        if qv_b is not None:
+            s = s + torch.einsum("ihd,jhd->hij", qv_b[:sq].to(calc), vv).to(s.dtype)
         s = s * softmax_scale
         if softcap > 0:
             s = softcap * torch.tanh(s / softcap)
