@@ -237,3 +237,24 @@ def test_cuda_graph_capture(fa3):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, fa3.flash_attn_func(q, k, v))
+
+
+def test_op_guards_memory_safety_when_called_directly(fa3):
+    """Without the Python checks, the op still refuses what would read or write out of bounds."""
+    fwd = fa3._ops.ops.fwd
+    q = randn(1, 64, 2, 64, dtype=torch.bfloat16)
+    lse = torch.empty(1, 2, 64, device="cuda")
+    with pytest.raises(RuntimeError, match="out must have the shape of q"):
+        fwd(q, q, q, torch.empty(1, 32, 2, 64, device="cuda", dtype=torch.bfloat16), lse,
+            None, None, None, None, None, None, None, 0, 0.125, -1, -1, 0, 0.0)
+    with pytest.raises(RuntimeError, match="softmax_lse must be"):
+        fwd(q, q, q, torch.empty_like(q), torch.empty(1, 2, 63, device="cuda"),
+            None, None, None, None, None, None, None, 0, 0.125, -1, -1, 0, 0.0)
+    misaligned = torch.empty(1, 64, 2, 68, device="cuda", dtype=torch.bfloat16)[..., 2:66]
+    with pytest.raises(RuntimeError, match="16-byte aligned|multiple of"):
+        fwd(misaligned, q, q, torch.empty_like(q), lse, None, None, None, None, None, None, None, 0, 0.125, -1, -1, 0, 0.0)
+
+
+def test_is_fa3_supported_on_this_gpu(fa3):
+    major, _ = torch.cuda.get_device_capability()
+    assert fa3.is_fa3_supported() == (major in (8, 9))
