@@ -6,20 +6,20 @@
 namespace sgl_fa3 {
 namespace {
 // Function-local static: safe against static-initialisation order across translation units.
-std::vector<std::pair<KernelKey, FwdLauncher>>& table() {
-  static std::vector<std::pair<KernelKey, FwdLauncher>> entries;
+std::vector<std::pair<KernelKey, FwdKernel>>& table() {
+  static std::vector<std::pair<KernelKey, FwdKernel>> entries;
   return entries;
 }
 }  // namespace
 
-FwdLauncher find_fwd(const KernelKey& key) {
-  for (const auto& [k, launcher] : table())
-    if (k == key) return launcher;
+const FwdKernel* find_fwd(const KernelKey& key) {
+  for (const auto& [k, kernel] : table())
+    if (k == key) return &kernel;
   return nullptr;
 }
 
-FwdRegistration::FwdRegistration(const KernelKey& key, FwdLauncher launcher) {
-  table().emplace_back(key, launcher);
+FwdRegistration::FwdRegistration(const KernelKey& key, const FwdKernel& kernel) {
+  table().emplace_back(key, kernel);
 }
 
 }  // namespace sgl_fa3

@@ -24,11 +24,17 @@ struct KernelKey {
 
 using FwdLauncher = cudaError_t (*)(const FwdParams&, cudaStream_t);
 
+// A compiled forward kernel and the tile it runs (the planner sizes grids and splits by it).
+struct FwdKernel {
+  FwdLauncher launch;
+  int block_m, block_n;
+};
+
 // Returns nullptr when the kernel for `key` is not part of this build.
-FwdLauncher find_fwd(const KernelKey& key);
+const FwdKernel* find_fwd(const KernelKey& key);
 
 struct FwdRegistration {
-  FwdRegistration(const KernelKey& key, FwdLauncher launcher);
+  FwdRegistration(const KernelKey& key, const FwdKernel& kernel);
 };
 
 }  // namespace sgl_fa3

@@ -74,7 +74,7 @@ def test_every_op_has_a_fake_kernel(fa3):
 
     from torch._library.simple_registry import singleton
 
-    for name in ["fwd"]:
+    for name in ["fwd", "append_kv", "rotary_q"]:
         qualname = fa3._ops.add_op_namespace_prefix(name)
         assert singleton.find(qualname).fake_impl.kernel is not None, qualname
 

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from direct_op import fwd_args
 from tolerance import assert_within_tolerance, poisoned_like
 
 pytestmark = pytest.mark.gpu
@@ -245,14 +246,12 @@ def test_op_guards_memory_safety_when_called_directly(fa3):
     q = randn(1, 64, 2, 64, dtype=torch.bfloat16)
     lse = torch.empty(1, 2, 64, device="cuda")
     with pytest.raises(RuntimeError, match="out must have the shape of q"):
-        fwd(q, q, q, torch.empty(1, 32, 2, 64, device="cuda", dtype=torch.bfloat16), lse,
-            None, None, None, None, None, None, None, 0, 0.125, -1, -1, 0, 0.0)
+        fwd(*fwd_args(q, q, q, torch.empty(1, 32, 2, 64, device="cuda", dtype=torch.bfloat16), lse))
     with pytest.raises(RuntimeError, match="softmax_lse must be"):
-        fwd(q, q, q, torch.empty_like(q), torch.empty(1, 2, 63, device="cuda"),
-            None, None, None, None, None, None, None, 0, 0.125, -1, -1, 0, 0.0)
+        fwd(*fwd_args(q, q, q, torch.empty_like(q), torch.empty(1, 2, 63, device="cuda")))
     misaligned = torch.empty(1, 64, 2, 68, device="cuda", dtype=torch.bfloat16)[..., 2:66]
     with pytest.raises(RuntimeError, match="16-byte aligned|multiple of"):
-        fwd(misaligned, q, q, torch.empty_like(q), lse, None, None, None, None, None, None, None, 0, 0.125, -1, -1, 0, 0.0)
+        fwd(*fwd_args(misaligned, q, q, torch.empty_like(q), lse))
 
 
 def test_is_fa3_supported_on_this_gpu(fa3):

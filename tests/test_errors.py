@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from direct_op import fwd_args
 
 BF16 = torch.bfloat16
 
@@ -51,12 +52,13 @@ DENSE_ERRORS = [
     (dict(softmax_scale=0.0), ValueError, "softmax_scale must be positive"),
     (dict(attention_chunk=-3), ValueError, "attention_chunk must be >= 0"),
     (dict(num_splits=-1), ValueError, "num_splits must be >= 0"),
-    (dict(num_splits=4), NotImplementedError, "split-KV"),
+    (dict(num_splits=257), ValueError, "num_splits must be <= 256"),
     (dict(pack_gqa="yes"), TypeError, "pack_gqa must be None or a bool"),
-    (dict(pack_gqa=True), NotImplementedError, "pack_gqa=True"),
     (dict(sm_margin=-1), ValueError, "sm_margin must be >= 0"),
     (dict(deterministic=None), TypeError, "deterministic must be a bool"),
-    (dict(qv=t(2, 8, 4, 256)), NotImplementedError, "qv (absorbed MLA)"),
+    (dict(qv=t(2, 8, 4, 64)), ValueError, "qv (absorbed MLA) needs head dim <= 64 and v head dim >= 256"),
+    (dict(qkv=qkv(dv=256), qv=t(2, 8, 4, 128)), ValueError, "qv must have shape (2, 8, 4, 256)"),
+    (dict(qkv=qkv(dv=256)), ValueError, "v head dim 256 != q head dim 64 needs qv"),
     (dict(q_descale=torch.ones(2, 2)), NotImplementedError, "FP8"),
     (dict(sinks=torch.zeros(3)), ValueError, "sinks must have shape (4)"),
     (dict(sinks=torch.zeros(4, dtype=torch.int32)), TypeError, "sinks must have dtype"),
@@ -98,7 +100,10 @@ VARLEN_ERRORS = [
     (dict(seqused_q=torch.zeros(2)), TypeError, "seqused_q must have dtype int32"),
     (dict(max_seqlen_q=-1), ValueError, "max_seqlen_q must be >= 0"),
     (dict(max_seqlen_k=1.5), TypeError, "max_seqlen_k must be int"),
-    (dict(page_table=torch.zeros(2, 4, dtype=torch.int32)), NotImplementedError, "paged KV (page_table)"),
+    (dict(page_table=torch.zeros(2, 4, dtype=torch.int32)), ValueError, "k must have 4 dimensions"),
+    (dict(k=t(6, 16, 2, 64), v=t(6, 16, 2, 64), page_table=torch.zeros(2, 4, dtype=torch.int64)), TypeError, "page_table must have dtype int32"),
+    (dict(k=t(6, 16, 2, 64), v=t(6, 16, 2, 64), page_table=torch.zeros(3, 4, dtype=torch.int32)), ValueError, "page_table must have one row per batch entry (2)"),
+    (dict(k=t(6, 16, 2, 64), v=t(6, 16, 2, 64), page_table=torch.zeros(2, 4, dtype=torch.int32), cu_seqlens_k=None), ValueError, "pass seqused_k (or cu_seqlens_k)"),
     (dict(q=t(2, 6, 4, 64)), ValueError, "q must have 3 dimensions"),
     (dict(), ValueError, "q must be a CUDA tensor"),
 ]
@@ -116,13 +121,24 @@ def kvcache_call(fa3, **overrides):
     return fa3.flash_attn_with_kvcache(**args)
 
 
+def seqlens(*values):
+    return torch.tensor(values, dtype=torch.int32)
+
+
 KVCACHE_ERRORS = [
-    (dict(k=t(2, 1, 2, 128), v=t(2, 1, 2, 128)), NotImplementedError, "in-place KV append"),
-    (dict(rotary_cos=t(64, 32), rotary_sin=t(64, 32)), NotImplementedError, "rotary embedding"),
-    (dict(rotary_seqlens=torch.zeros(2, dtype=torch.int32)), NotImplementedError, "rotary_seqlens"),
-    (dict(cu_seqlens_k_new=cu(1, 1)), NotImplementedError, "ragged KV append"),
-    (dict(page_table=torch.zeros(2, 1, dtype=torch.int32)), NotImplementedError, "paged KV"),
-    (dict(scheduler_metadata=torch.zeros(4, dtype=torch.int32)), NotImplementedError, "scheduler_metadata"),
+    (dict(k=t(2, 1, 2, 128)), ValueError, "k and v must be given together"),
+    (dict(k=t(2, 1, 2, 128), v=t(2, 1, 2, 128)), ValueError, "cache_seqlens is required with k/v"),
+    (dict(k=t(2, 1, 2, 64), v=t(2, 1, 2, 128), cache_seqlens=3), ValueError, "must match the cache's heads and head dims"),
+    (dict(k=t(3, 1, 2, 128), v=t(3, 1, 2, 128), cache_seqlens=3), ValueError, "k must have batch 2"),
+    (dict(rotary_cos=t(64, 32), rotary_sin=t(64, 32)), ValueError, "apply to appended keys"),
+    (dict(rotary_cos=t(64, 32)), ValueError, "rotary_cos and rotary_sin must be given together"),
+    (dict(k=t(2, 1, 2, 128), v=t(2, 1, 2, 128), cache_seqlens=3, rotary_cos=t(64, 80), rotary_sin=t(64, 80)), ValueError, "exceeds head dim 128"),
+    (dict(rotary_seqlens=torch.zeros(2, dtype=torch.int32)), ValueError, "rotary_seqlens needs rotary_cos"),
+    (dict(cu_seqlens_k_new=cu(1, 1)), ValueError, "cu_seqlens_k_new describes appended k/v"),
+    (dict(k=t(2, 2, 128), v=t(2, 2, 128), cache_seqlens=3, cu_seqlens_k_new=cu(1, 1, 0)), ValueError, "cu_seqlens_k_new must have shape (3)"),
+    (dict(page_table=torch.zeros(2, 1, dtype=torch.int32)), ValueError, "cache_seqlens is required with page_table"),
+    (dict(page_table=torch.zeros(2, 1, dtype=torch.int32), cache_seqlens=3, cache_batch_idx=seqlens(0, 1)), ValueError, "page_table cannot be combined with cache_batch_idx"),
+    (dict(scheduler_metadata=torch.zeros(4, dtype=torch.int32)), ValueError, "scheduler_metadata must be the tensor returned by get_scheduler_metadata"),
     (dict(cache_seqlens=torch.zeros(3, dtype=torch.int32)), ValueError, "cache_seqlens must have shape (2)"),
     (dict(cache_seqlens=-1), ValueError, "cache_seqlens must be >= 0"),
     (dict(cache_batch_idx=torch.zeros(2)), TypeError, "cache_batch_idx must have dtype int32"),
@@ -143,13 +159,21 @@ def test_kvcache_errors(fa3, overrides, exc, message):
         kvcache_call(fa3, **overrides)
 
 
-def test_scheduler_metadata_not_implemented(fa3):
-    with pytest.raises(NotImplementedError, match="get_scheduler_metadata"):
-        fa3.get_scheduler_metadata(2, 1, 64, 8, 2, 128, torch.zeros(2, dtype=torch.int32))
+def test_scheduler_metadata_is_a_small_cpu_plan(fa3):
+    plan = fa3.get_scheduler_metadata(2, 1, 4096, 8, 2, 128, torch.zeros(2, dtype=torch.int32))
+    assert plan.device.type == "cpu" and plan.dtype == torch.int32 and plan.shape == (10,)
+    num_splits, per_split = int(plan[1]), int(plan[2])
+    assert 1 <= num_splits <= 256 and num_splits * per_split >= 4096 // 128
+    with pytest.raises(ValueError, match=_escape("computed for (batch, heads, heads_k, d, dv) = (2, 8, 2, 128, 128)")):
+        kvcache_call(fa3, q=t(2, 1, 4, 128), scheduler_metadata=plan)
+    with pytest.raises(ValueError, match="pass one or the other"):
+        kvcache_call(fa3, scheduler_metadata=plan, deterministic=True)
+    with pytest.raises(NotImplementedError, match="FP8"):
+        fa3.get_scheduler_metadata(2, 1, 64, 8, 2, 128, torch.zeros(2, dtype=torch.int32), qkv_dtype=torch.float8_e4m3fn)
 
 
 def test_op_has_no_cpu_kernel(fa3):
     q = t(1, 8, 2, 64)
     out, lse = torch.empty_like(q), torch.empty(1, 2, 8)
     with pytest.raises(NotImplementedError, match="CPU"):
-        fa3._ops.ops.fwd(q, q, q, out, lse, None, None, None, None, None, None, None, 0, 0.125, -1, -1, 0, 0.0)
+        fa3._ops.ops.fwd(*fwd_args(q, q, q, out, lse))

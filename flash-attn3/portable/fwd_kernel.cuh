@@ -1,14 +1,17 @@
 // Portable forward kernel (mma.sync + cp.async; sm80 and newer).
 //
-// One CTA = one (64-row query tile, query head, batch row). Four warps each own 16 query rows
-// and the full key block, so the softmax row statistics never leave a quad of lanes.
-//   Q tile    smem (kBlockM, kHeadDim) -> registers once, as mma A fragments
-//   per key block n (kBlockN keys):
-//     S = Q K_n^T            (kBlockM, kBlockN) fp32 in registers
-//     mask / softcap, online softmax (running max m, running sum l per row)
-//     O += P V_n             P re-packed from the S registers, V via ldmatrix.trans
-//   O / l -> global, LSE = m + log(l) (sinks folded in at the end).
-// K_{n+1} is fetched while P V_n runs and V_n while Q K_n^T runs (cp.async groups).
+// One CTA = one tile of kBlockM query rows x one head (or, with pack_gqa, the heads of one kv
+// group folded into the rows) x one batch row x one KV split. Warps form a kRowWarps x
+// kColWarps grid: a warp owns kMSlabs 16-row slabs for the softmax and a kDV / kColWarps slice
+// of the output columns (column warps of the same rows recompute the same S, which keeps the
+// softmax statistics inside a quad of lanes and needs no exchange through shared memory).
+//   Q (and qv) tile  smem (kBlockM, kD)       -> A fragments (registers or re-read per block)
+//   per key block n:
+//     S = Q K_n^T (+ Qv V_n^T)                (kBlockM, kBlockN) fp32 in registers
+//     softcap, mask, online softmax (running max m and sum l per row)
+//     O += P V_n                              P re-packed from the S registers
+//   O / l and LSE = m + log(l) -> global (sinks folded in), or per-split partials.
+// Without qv, V_n is fetched while Q K_n^T runs and K_{n+1} while P V_n runs.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,292 +22,444 @@
 
 namespace sgl_fa3::portable {
 
-template <typename Element_, int kHeadDim_>
+template <typename Element_, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kRowWarps_,
+          int kColWarps_, bool kQInRegs_>
 struct FwdTraits {
   using Element = Element_;
-  static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = 64;
-  static constexpr int kBlockN = 64;
-  static constexpr int kNWarps = 4;
+  static constexpr int kD = kD_, kDV = kDV_;
+  static constexpr int kBlockM = kBlockM_, kBlockN = kBlockN_;
+  static constexpr int kRowWarps = kRowWarps_, kColWarps = kColWarps_;
+  static constexpr bool kQInRegs = kQInRegs_;
+  static constexpr int kNWarps = kRowWarps * kColWarps;
   static constexpr int kNThreads = kNWarps * 32;
-  static constexpr int kRowsPerWarp = kBlockM / kNWarps;
-  // Rows are padded by 16 bytes: consecutive rows then start 4 banks apart, so the eight row
+  static constexpr int kMSlabs = kBlockM / (16 * kRowWarps);  // 16-row slabs per warp
+  static constexpr int kDVPerWarp = kDV / kColWarps;
+  // Absorbed MLA (qv) only exists for d <= 64 with dv >= 256; only those tiles reserve smem.
+  static constexpr bool kHasQvSmem = kD <= 64 && kDV >= 256;
+  // Rows are padded by 16 bytes: consecutive rows start 4 banks apart, so the eight row
   // addresses of one ldmatrix phase hit distinct banks.
-  static constexpr int kSmemRow = kHeadDim + 8;
-  static constexpr int kChunksPerRow = kHeadDim * int(sizeof(Element)) / 16;  // 16-byte chunks
-  static constexpr int kSmemTileQ = kBlockM * kSmemRow;
-  static constexpr int kSmemTileKV = kBlockN * kSmemRow;
-  static constexpr int kSmemBytes = (kSmemTileQ + 2 * kSmemTileKV) * int(sizeof(Element));
+  static constexpr int kRowQ = kD + 8, kRowV = kDV + 8;
+  static constexpr int kSmemQ = kBlockM * kRowQ;
+  static constexpr int kSmemQv = kHasQvSmem ? kBlockM * kRowV : 0;
+  static constexpr int kSmemK = kBlockN * kRowQ;
+  static constexpr int kSmemV = kBlockN * kRowV;
+  static constexpr int kSmemBytes = (kSmemQ + kSmemQv + kSmemK + kSmemV) * int(sizeof(Element));
 
-  static_assert(kRowsPerWarp == 16, "each warp owns exactly one m16 row slab");
-  static_assert(kHeadDim % 16 == 0, "head dim must be a multiple of the mma k (16)");
+  static_assert(kMSlabs * 16 * kRowWarps == kBlockM, "row warps must tile kBlockM in 16-row slabs");
+  static_assert(kD % 16 == 0 && kDV % 16 == 0, "head dims must be multiples of the mma k (16)");
+  static_assert(kDVPerWarp % 16 == 0, "each column warp owns whole pairs of n8 output tiles");
   static_assert(kBlockN % 16 == 0, "key block must be a multiple of the mma k (16)");
-  static_assert((kBlockM * kChunksPerRow) % kNThreads == 0, "Q tile copy must divide evenly");
-  static_assert((kBlockN * kChunksPerRow) % kNThreads == 0, "K/V tile copy must divide evenly");
+  static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
 };
 
-// Where one (batch row, head) problem lives and how long it is.
+// Where one (batch row, kv split) problem lives and how long it is. Offsets exclude the head.
 struct SeqInfo {
-  int rows_q;    // query rows this problem owns in q / out (all of them are written)
-  int seqlen_q;  // rows that attend (seqused_q); rows past it see no key
-  int seqlen_k;
-  int64_t q_offset, k_offset, v_offset, o_offset;  // elements, head included
-  int64_t lse_offset;
+  int rows_q;    // query positions this problem owns in q / out (all of them are written)
+  int seqlen_q;  // positions that attend (seqused_q); later ones see no key
+  int seqlen_k;  // keys after append, minus left padding
+  int k_start;   // first key's row in the k/v rows of this batch row (left padding included)
+  int b_kv;      // k/v batch row (or page-table row when paged)
+  int64_t q_offset, qv_offset, o_offset, lse_offset;
 
-  __device__ SeqInfo(const FwdParams& p, int b, int h) {
-    const int h_k = h / (p.num_heads / p.num_heads_k);
+  __device__ SeqInfo(const FwdParams& p, int b) {
     const int q_start = p.cu_seqlens_q ? p.cu_seqlens_q[b] : 0;
-    const int b_kv = p.kv_batch_idx ? p.kv_batch_idx[b] : b;
-    int k_start = p.cu_seqlens_k ? p.cu_seqlens_k[b] : 0;
+    b_kv = p.kv_batch_idx ? p.kv_batch_idx[b] : b;
+    // Paged rows start at slot 0 of their page-table row; cu_seqlens_k then only gives lengths.
+    const int k_packed_start = p.cu_seqlens_k ? p.cu_seqlens_k[b] : 0;
+    k_start = p.page_table ? 0 : k_packed_start;
     rows_q = p.cu_seqlens_q ? p.cu_seqlens_q[b + 1] - q_start : p.seqlen_q;
     seqlen_q = p.seqused_q ? min(p.seqused_q[b], rows_q) : rows_q;
     seqlen_k = p.seqused_k   ? p.seqused_k[b]
-               : p.cu_seqlens_k ? p.cu_seqlens_k[b + 1] - k_start
+               : p.cu_seqlens_k ? p.cu_seqlens_k[b + 1] - k_packed_start
                                 : p.seqlen_k;
+    seqlen_k += p.cu_seqlens_k_new ? p.cu_seqlens_k_new[b + 1] - p.cu_seqlens_k_new[b]
+                                   : p.seqlen_k_new;
     if (p.leftpad_k) {
       k_start += p.leftpad_k[b];
       seqlen_k -= p.leftpad_k[b];
     }
     seqlen_k = max(seqlen_k, 0);
-    q_offset = b * p.q_batch_stride + q_start * p.q_row_stride + h * p.q_head_stride;
-    o_offset = b * p.o_batch_stride + q_start * p.o_row_stride + h * p.o_head_stride;
-    k_offset = b_kv * p.k_batch_stride + int64_t(k_start) * p.k_row_stride + h_k * p.k_head_stride;
-    v_offset = b_kv * p.v_batch_stride + int64_t(k_start) * p.v_row_stride + h_k * p.v_head_stride;
-    lse_offset = b * p.lse_batch_stride + h * p.lse_head_stride + q_start;
+    q_offset = b * p.q_batch_stride + q_start * p.q_row_stride;
+    qv_offset = b * p.qv_batch_stride + q_start * p.qv_row_stride;
+    o_offset = b * p.o_batch_stride + q_start * p.o_row_stride;
+    lse_offset = b * p.lse_batch_stride + q_start;
   }
 };
 
-// Copies `rows_valid` rows of a (kRows, kHeadDim) tile into padded shared memory; rows past the
-// end are zero-filled so that no stale or NaN data can reach the tensor cores.
-template <typename Traits, int kRows>
-__device__ __forceinline__ void load_tile(typename Traits::Element* smem,
-                                          const typename Traits::Element* gmem, int64_t row_stride,
-                                          int rows_valid) {
-  constexpr int kIters = kRows * Traits::kChunksPerRow / Traits::kNThreads;
+// Tile row r -> (query position, head). Without pack_gqa every row has the CTA's head; with it,
+// row r is query r / group of head kv_head * group + r % group (monotone query positions keep
+// the mask bounds non-decreasing in r).
+struct RowMap {
+  int group, head0;
+  bool packed;
+  __device__ int query(int r) const { return packed ? r / group : r; }
+  __device__ int head(int r) const { return packed ? head0 + r % group : head0; }
+};
+
+// Address of key row j (0-based after left padding) of this CTA's kv head.
+template <typename Element>
+struct KVRows {
+  const Element* base;  // tensor base + kv head offset
+  int64_t batch_stride, row_stride;
+  const int* pages;  // page-table row of this batch row, or nullptr
+  int page_size, b_kv, k_start;
+  __device__ const Element* row(int j) const {
+    const int slot = k_start + j;
+    if (pages) return base + int64_t(pages[slot / page_size]) * batch_stride + int64_t(slot % page_size) * row_stride;
+    return base + int64_t(b_kv) * batch_stride + int64_t(slot) * row_stride;
+  }
+};
+
+// Copies rows [0, rows_valid) of a (kRows, kCols) tile into padded shared memory (row stride
+// kSmemRow); rows past the end are zero-filled so no stale or NaN data reaches the MMA.
+template <int kNThreads, int kRows, int kCols, int kSmemRow, typename Element, typename RowAddr>
+__device__ __forceinline__ void load_tile(Element* smem, const RowAddr& row_addr, int rows_valid) {
+  constexpr int kChunksPerRow = kCols * int(sizeof(Element)) / 16;
+  static_assert((kRows * kChunksPerRow) % kNThreads == 0, "tile copy must divide evenly");
+  constexpr int kIters = kRows * kChunksPerRow / kNThreads;
+  // Callers guarantee rows_valid >= 1; row 0 stands in as the (unread) source of padding rows.
+  const Element* fallback = row_addr(0);
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
-    const int chunk = threadIdx.x + it * Traits::kNThreads;
-    const int row = chunk / Traits::kChunksPerRow;
-    const int col = (chunk % Traits::kChunksPerRow) * 8;
+    const int chunk = threadIdx.x + it * kNThreads;
+    const int row = chunk / kChunksPerRow;
+    const int col = (chunk % kChunksPerRow) * 8;
     const bool valid = row < rows_valid;
-    cp_async_16(smem + row * Traits::kSmemRow + col, valid ? gmem + row * row_stride + col : gmem,
-                valid);
+    cp_async_16(smem + row * kSmemRow + col, (valid ? row_addr(row) : fallback) + col, valid);
+  }
+}
+
+// acc[s][n] += A_s B^T over kK: A rows from sA (row stride kRowA, this warp's slabs at
+// a_row0), B rows (keys) from sB (row stride kRowB). With kARegs the A fragments come from
+// registers instead: a_regs is (kMSlabs, kK / 16, 4) flattened.
+template <typename Traits, int kK, int kRowA, int kRowB, bool kARegs>
+__device__ __forceinline__ void gemm_scores(float (&acc)[Traits::kMSlabs][Traits::kBlockN / 8][4],
+                                            const typename Traits::Element* sA, int a_row0,
+                                            const typename Traits::Element* sB, const uint32_t* a_regs,
+                                            int lane) {
+  using Element = typename Traits::Element;
+#pragma unroll
+  for (int kk = 0; kk < kK / 16; ++kk) {
+    uint32_t a[Traits::kMSlabs][4];
+#pragma unroll
+    for (int s = 0; s < Traits::kMSlabs; ++s) {
+      if constexpr (kARegs) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[s][e] = a_regs[(s * (kK / 16) + kk) * 4 + e];
+      } else {
+        ldmatrix_x4(a[s], sA + (a_row0 + s * 16 + lane % 16) * kRowA + kk * 16 + (lane / 16) * 8);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < Traits::kBlockN / 8; nt += 2) {
+      // Matrices: (keys nt*8.., k lo), (keys nt*8.., k hi), (keys nt*8+8.., k lo), (.., k hi).
+      uint32_t b[4];
+      ldmatrix_x4(b, sB + (nt * 8 + lane % 8 + (lane / 16) * 8) * kRowB + kk * 16 + ((lane / 8) % 2) * 8);
+#pragma unroll
+      for (int s = 0; s < Traits::kMSlabs; ++s) {
+        mma_16816<Element>(acc[s][nt], a[s], b[0], b[1]);
+        mma_16816<Element>(acc[s][nt + 1], a[s], b[2], b[3]);
+      }
+    }
   }
 }
 
 template <typename Traits>
-__global__ void __launch_bounds__(Traits::kNThreads)
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
     fwd_kernel(const __grid_constant__ FwdParams params) {
   using Element = typename Traits::Element;
-  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kD = Traits::kHeadDim;
-  constexpr int kSmemRow = Traits::kSmemRow;
-  constexpr int kNTilesS = kBlockN / 8;  // n8 tiles of S per warp
-  constexpr int kNTilesO = kD / 8;       // n8 tiles of O per warp
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
+  constexpr int kD = Traits::kD, kDV = Traits::kDV, kMSlabs = Traits::kMSlabs;
+  constexpr int kRowQ = Traits::kRowQ, kRowV = Traits::kRowV;
+  constexpr int kNTilesS = kBlockN / 8;                // n8 tiles of S per slab
+  constexpr int kNTilesO = Traits::kDVPerWarp / 8;     // n8 tiles of O per slab
+  constexpr int kNThreads = Traits::kNThreads;
   constexpr float kLog2e = 1.4426950408889634f;
   constexpr float kLn2 = 0.6931471805599453f;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Element* sQ = reinterpret_cast<Element*>(smem_raw);
-  Element* sK = sQ + Traits::kSmemTileQ;
-  Element* sV = sK + Traits::kSmemTileKV;
+  Element* sQv = sQ + Traits::kSmemQ;
+  Element* sK = sQv + Traits::kSmemQv;
+  Element* sV = sK + Traits::kSmemK;
 
-  const int m_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
-  const SeqInfo seq(params, batch, head);
+  const int num_m_blocks = (gridDim.x + params.num_splits - 1) / params.num_splits;
+  const int m_block = blockIdx.x % num_m_blocks, split = blockIdx.x / num_m_blocks;
+  const int batch = blockIdx.z;
+  const int group = params.num_heads / params.num_heads_k;
+  const int kv_head = params.pack_gqa ? int(blockIdx.y) : int(blockIdx.y) / group;
+  const int head_y = blockIdx.y;
+  const RowMap rows{group, params.pack_gqa ? head_y * group : head_y, params.pack_gqa};
+  const int rows_per_query = params.pack_gqa ? group : 1;
+
+  const SeqInfo seq(params, batch);
+  const int tile_rows = seq.rows_q * rows_per_query;  // rows of this problem in tile space
+  const int used_rows = seq.seqlen_q * rows_per_query;
   const int row0 = m_block * kBlockM;
-  if (row0 >= seq.rows_q) return;
+  if (row0 >= tile_rows) return;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row_warp = warp % Traits::kRowWarps, col_warp = warp / Traits::kRowWarps;
   const int g = lane / 4, t = lane % 4;
-  // The two query rows (relative to the sequence) whose statistics this thread holds.
-  const int my_row[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};
+  const int warp_row0 = row_warp * 16 * kMSlabs;  // first tile row of this warp
 
   const MaskPolicy mask{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right,
                         params.attention_chunk};
-  // Rows [row0, last_row] are written; rows [row0, last_used] attend (none if last_used < row0).
-  const int last_row = min(row0 + kBlockM, seq.rows_q) - 1;
-  const int last_used = min(last_row, seq.seqlen_q - 1);
-  const int key_lo = last_used < row0 ? 0 : mask.lo(row0);
-  const int key_hi = last_used < row0 ? -1 : mask.hi(last_used);
-  const int n_block_min = key_lo / kBlockN;
-  const int n_block_max = key_hi < key_lo ? n_block_min : key_hi / kBlockN + 1;
+  // Tile rows [row0, last_row] are written; [row0, last_used] attend (none if last_used < row0).
+  const int last_row = min(row0 + kBlockM, tile_rows) - 1;
+  const int last_used = min(last_row, used_rows - 1);
+  const bool any_used = last_used >= row0;
+  const int key_lo = any_used ? mask.lo(rows.query(row0)) : 0;
+  const int key_hi = any_used ? mask.hi(rows.query(last_used)) : -1;
+  int n_block_min = key_lo / kBlockN;
+  int n_block_max = key_hi < key_lo ? n_block_min : key_hi / kBlockN + 1;
+  const bool partial = params.o_partial != nullptr;  // split-KV: write this split's partials
+  if (partial) {
+    n_block_min = max(n_block_min, split * params.n_blocks_per_split);
+    n_block_max = min(n_block_max, (split + 1) * params.n_blocks_per_split);
+  }
+  const bool has_keys = n_block_min < n_block_max;
+  const bool has_qv = Traits::kHasQvSmem && params.qv != nullptr;
 
-  const Element* gQ = static_cast<const Element*>(params.q) + seq.q_offset;
-  const Element* gK = static_cast<const Element*>(params.k) + seq.k_offset;
-  const Element* gV = static_cast<const Element*>(params.v) + seq.v_offset;
+  const KVRows<Element> k_rows{
+      static_cast<const Element*>(params.k) + kv_head * params.k_head_stride, params.k_batch_stride,
+      params.k_row_stride,
+      params.page_table ? params.page_table + batch * params.page_table_batch_stride : nullptr,
+      params.page_size, seq.b_kv, seq.k_start};
+  const KVRows<Element> v_rows{
+      static_cast<const Element*>(params.v) + kv_head * params.v_head_stride, params.v_batch_stride,
+      params.v_row_stride, k_rows.pages, params.page_size, seq.b_kv, seq.k_start};
+  auto load_k = [&](int n_block) {
+    const int key0 = n_block * kBlockN;
+    load_tile<kNThreads, kBlockN, kD, kRowQ>(sK, [&](int r) { return k_rows.row(key0 + r); },
+                                            seq.seqlen_k - key0);
+  };
+  auto load_v = [&](int n_block) {
+    const int key0 = n_block * kBlockN;
+    load_tile<kNThreads, kBlockN, kDV, kRowV>(sV, [&](int r) { return v_rows.row(key0 + r); },
+                                             seq.seqlen_k - key0);
+  };
 
-  // (MMA_M=1 slab, MMA_N, 4) accumulators.
-  float acc_o[kNTilesO][4];
+  // (kMSlabs, n8 tiles, 4) accumulators.
+  float acc_o[kMSlabs][kNTilesO][4];
 #pragma unroll
-  for (int i = 0; i < kNTilesO; ++i) acc_o[i][0] = acc_o[i][1] = acc_o[i][2] = acc_o[i][3] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY};
-  float row_sum[2] = {0.f, 0.f};
+  for (int s = 0; s < kMSlabs; ++s)
+#pragma unroll
+    for (int i = 0; i < kNTilesO; ++i) acc_o[s][i][0] = acc_o[s][i][1] = acc_o[s][i][2] = acc_o[s][i][3] = 0.f;
+  float row_max[kMSlabs][2], row_sum[kMSlabs][2];
+#pragma unroll
+  for (int s = 0; s < kMSlabs; ++s) row_max[s][0] = row_max[s][1] = -INFINITY, row_sum[s][0] = row_sum[s][1] = 0.f;
 
   // Scores are turned into log2 units with one FMA: exp(s - m) = exp2(s * c - m * c).
   const bool use_softcap = params.softcap > 0.f;
   const float score_to_log2 = use_softcap ? kLog2e : params.softmax_scale * kLog2e;
   const float softcap_in = use_softcap ? params.softmax_scale / params.softcap : 0.f;
 
-  if (n_block_min < n_block_max) {
-    load_tile<Traits, kBlockM>(sQ, gQ + int64_t(row0) * params.q_row_stride, params.q_row_stride,
-                               last_used - row0 + 1);
-    load_tile<Traits, kBlockN>(sK, gK + int64_t(n_block_min) * kBlockN * params.k_row_stride,
-                               params.k_row_stride, seq.seqlen_k - n_block_min * kBlockN);
+  uint32_t q_frag[Traits::kQInRegs ? kMSlabs : 1][Traits::kQInRegs ? kD / 16 : 1][4];
+  if (has_keys) {
+    const Element* gQ = static_cast<const Element*>(params.q) + seq.q_offset;
+    load_tile<kNThreads, kBlockM, kD, kRowQ>(
+        sQ,
+        [&](int r) {
+          const int tr = row0 + r;
+          return gQ + int64_t(rows.query(tr)) * params.q_row_stride + int64_t(rows.head(tr)) * params.q_head_stride;
+        },
+        last_used - row0 + 1);
+    if (has_qv) {
+      const Element* gQv = static_cast<const Element*>(params.qv) + seq.qv_offset;
+      load_tile<kNThreads, kBlockM, kDV, kRowV>(
+          sQv,
+          [&](int r) {
+            const int tr = row0 + r;
+            return gQv + int64_t(rows.query(tr)) * params.qv_row_stride + int64_t(rows.head(tr)) * params.qv_head_stride;
+          },
+          last_used - row0 + 1);
+    }
+    load_k(n_block_min);
+    if (has_qv) load_v(n_block_min);
     cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-  }
-
-  // Q as A fragments: (kD / 16 k-steps, 4 regs).
-  uint32_t q_frag[kD / 16][4];
-  if (n_block_min < n_block_max) {
+    if constexpr (Traits::kQInRegs) {
+      cp_async_wait<0>();
+      __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      ldmatrix_x4(q_frag[kk], sQ + (warp * 16 + lane % 16) * kSmemRow + kk * 16 + (lane / 16) * 8);
+      for (int s = 0; s < kMSlabs; ++s)
+#pragma unroll
+        for (int kk = 0; kk < kD / 16; ++kk)
+          ldmatrix_x4(q_frag[s][kk], sQ + (warp_row0 + s * 16 + lane % 16) * kRowQ + kk * 16 + (lane / 16) * 8);
     }
   }
 
   for (int n_block = n_block_min; n_block < n_block_max; ++n_block) {
     const int key0 = n_block * kBlockN;
-    cp_async_wait<0>();  // K_n has landed
+    cp_async_wait<0>();  // K_n (and V_n with qv) has landed
     __syncthreads();     // ... for every thread, and every warp is done reading V_{n-1}
-    load_tile<Traits, kBlockN>(sV, gV + int64_t(key0) * params.v_row_stride, params.v_row_stride,
-                               seq.seqlen_k - key0);
-    cp_async_commit();
-
-    // S = Q K^T: (kNTilesS, 4) fp32.
-    float acc_s[kNTilesS][4];
-#pragma unroll
-    for (int i = 0; i < kNTilesS; ++i) acc_s[i][0] = acc_s[i][1] = acc_s[i][2] = acc_s[i][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-#pragma unroll
-      for (int nt = 0; nt < kNTilesS; nt += 2) {
-        // Matrices: (keys nt*8.., k lo), (keys nt*8.., k hi), (keys nt*8+8.., k lo), (.., k hi).
-        uint32_t b[4];
-        ldmatrix_x4(b, sK + (nt * 8 + lane % 8 + (lane / 16) * 8) * kSmemRow + kk * 16 +
-                           ((lane / 8) % 2) * 8);
-        mma_16816<Element>(acc_s[nt], q_frag[kk], b[0], b[1]);
-        mma_16816<Element>(acc_s[nt + 1], q_frag[kk], b[2], b[3]);
-      }
-    }
-    __syncthreads();  // every warp is done reading K_n
-    const bool has_next = n_block + 1 < n_block_max;
-    if (has_next) {
-      load_tile<Traits, kBlockN>(sK, gK + int64_t(key0 + kBlockN) * params.k_row_stride,
-                                 params.k_row_stride, seq.seqlen_k - key0 - kBlockN);
+    if (!has_qv) {
+      load_v(n_block);
       cp_async_commit();
+    }
+
+    // S = Q K^T (+ Qv V^T): (kMSlabs, kNTilesS, 4) fp32.
+    float acc_s[kMSlabs][kNTilesS][4];
+#pragma unroll
+    for (int s = 0; s < kMSlabs; ++s)
+#pragma unroll
+      for (int i = 0; i < kNTilesS; ++i) acc_s[s][i][0] = acc_s[s][i][1] = acc_s[s][i][2] = acc_s[s][i][3] = 0.f;
+    gemm_scores<Traits, kD, kRowQ, kRowQ, Traits::kQInRegs>(acc_s, sQ, warp_row0, sK, &q_frag[0][0][0], lane);
+    if constexpr (Traits::kHasQvSmem) {
+      if (has_qv) gemm_scores<Traits, kDV, kRowV, kRowV, false>(acc_s, sQv, warp_row0, sV, nullptr, lane);
+    }
+    const bool has_next = n_block + 1 < n_block_max;
+    if (!has_qv) {
+      __syncthreads();  // every warp is done reading K_n
+      if (has_next) {
+        load_k(n_block + 1);
+        cp_async_commit();
+      }
     }
 
     if (use_softcap) {
 #pragma unroll
-      for (int i = 0; i < kNTilesS; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc_s[i][e] = params.softcap * tanhf(acc_s[i][e] * softcap_in);
-    }
-    // Per-element test only where some row of the tile may not see the whole key block.
-    const bool block_is_interior = last_used == last_row && key0 >= mask.lo(last_row) &&
-                                   key0 + kBlockN - 1 <= mask.hi(row0);
-    if (!block_is_interior) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const bool attends = my_row[r] < seq.seqlen_q;
-        const int lo = attends ? mask.lo(my_row[r]) : 1, hi = attends ? mask.hi(my_row[r]) : 0;
+      for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
         for (int i = 0; i < kNTilesS; ++i)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int key = key0 + i * 8 + 2 * t + e;
-            if (key < lo || key > hi) acc_s[i][2 * r + e] = -INFINITY;
-          }
-      }
+          for (int e = 0; e < 4; ++e) acc_s[s][i][e] = params.softcap * tanhf(acc_s[s][i][e] * softcap_in);
+    }
+    // Per-element test only where some row of the tile may not see the whole key block.
+    const bool block_is_interior = last_used == last_row && key0 >= mask.lo(rows.query(last_row)) &&
+                                   key0 + kBlockN - 1 <= mask.hi(rows.query(row0));
+    if (!block_is_interior) {
+#pragma unroll
+      for (int s = 0; s < kMSlabs; ++s)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int tr = row0 + warp_row0 + s * 16 + g + 8 * r;
+          const bool attends = tr < used_rows;
+          const int lo = attends ? mask.lo(rows.query(tr)) : 1;
+          const int hi = attends ? mask.hi(rows.query(tr)) : 0;
+#pragma unroll
+          for (int i = 0; i < kNTilesS; ++i)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int key = key0 + i * 8 + 2 * t + e;
+              if (key < lo || key > hi) acc_s[s][i][2 * r + e] = -INFINITY;
+            }
+        }
     }
 
     // Online softmax; the four lanes of a quad share a row.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = row_max[r];
+    for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
-      for (int i = 0; i < kNTilesS; ++i) mx = fmaxf(mx, fmaxf(acc_s[i][2 * r], acc_s[i][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      // A row with nothing visible yet keeps max -inf; use 0 so that exp2(-inf - 0) = 0.
-      const float mx_scaled = mx == -INFINITY ? 0.f : mx * score_to_log2;
-      const float alpha = exp2f(row_max[r] * score_to_log2 - mx_scaled);
-      row_max[r] = mx;
-      float sum = 0.f;
+      for (int r = 0; r < 2; ++r) {
+        float mx = row_max[s][r];
 #pragma unroll
-      for (int i = 0; i < kNTilesS; ++i)
+        for (int i = 0; i < kNTilesS; ++i) mx = fmaxf(mx, fmaxf(acc_s[s][i][2 * r], acc_s[s][i][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // A row with nothing visible yet keeps max -inf; use 0 so that exp2(-inf - 0) = 0.
+        const float mx_scaled = mx == -INFINITY ? 0.f : mx * score_to_log2;
+        const float alpha = exp2f(row_max[s][r] * score_to_log2 - mx_scaled);
+        row_max[s][r] = mx;
+        float sum = 0.f;
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float pv = exp2f(acc_s[i][2 * r + e] * score_to_log2 - mx_scaled);
-          acc_s[i][2 * r + e] = pv;
-          sum += pv;
+        for (int i = 0; i < kNTilesS; ++i)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pv = exp2f(acc_s[s][i][2 * r + e] * score_to_log2 - mx_scaled);
+            acc_s[s][i][2 * r + e] = pv;
+            sum += pv;
+          }
+        row_sum[s][r] = row_sum[s][r] * alpha + sum;
+#pragma unroll
+        for (int i = 0; i < kNTilesO; ++i) {
+          acc_o[s][i][2 * r] *= alpha;
+          acc_o[s][i][2 * r + 1] *= alpha;
         }
-      row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-      for (int i = 0; i < kNTilesO; ++i) {
-        acc_o[i][2 * r] *= alpha;
-        acc_o[i][2 * r + 1] *= alpha;
       }
+
+    if (!has_qv) {
+      if (has_next) {
+        cp_async_wait<1>();  // V_n has landed (K_{n+1} may still be in flight)
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
     }
 
-    if (has_next) {
-      cp_async_wait<1>();  // V_n has landed (K_{n+1} may still be in flight)
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-
-    // O += P V: P (16 x kBlockN) as A fragments, one k16 step per pair of S tiles.
+    // O += P V: P (16 x kBlockN per slab) as A fragments, one k16 step per pair of S tiles.
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      const uint32_t p_frag[4] = {
-          ElementTraits<Element>::pack(acc_s[2 * kk][0], acc_s[2 * kk][1]),
-          ElementTraits<Element>::pack(acc_s[2 * kk][2], acc_s[2 * kk][3]),
-          ElementTraits<Element>::pack(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]),
-          ElementTraits<Element>::pack(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3])};
+      uint32_t p_frag[kMSlabs][4];
+#pragma unroll
+      for (int s = 0; s < kMSlabs; ++s) {
+        p_frag[s][0] = ElementTraits<Element>::pack(acc_s[s][2 * kk][0], acc_s[s][2 * kk][1]);
+        p_frag[s][1] = ElementTraits<Element>::pack(acc_s[s][2 * kk][2], acc_s[s][2 * kk][3]);
+        p_frag[s][2] = ElementTraits<Element>::pack(acc_s[s][2 * kk + 1][0], acc_s[s][2 * kk + 1][1]);
+        p_frag[s][3] = ElementTraits<Element>::pack(acc_s[s][2 * kk + 1][2], acc_s[s][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int nt = 0; nt < kNTilesO; nt += 2) {
         // Matrices: (keys lo, d nt*8..), (keys hi, d nt*8..), (keys lo, d +8), (keys hi, d +8).
         uint32_t b[4];
-        ldmatrix_x4_trans(b, sV + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kSmemRow +
-                                 nt * 8 + (lane / 16) * 8);
-        mma_16816<Element>(acc_o[nt], p_frag, b[0], b[1]);
-        mma_16816<Element>(acc_o[nt + 1], p_frag, b[2], b[3]);
+        ldmatrix_x4_trans(b, sV + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kRowV +
+                                 col_warp * Traits::kDVPerWarp + nt * 8 + (lane / 16) * 8);
+#pragma unroll
+        for (int s = 0; s < kMSlabs; ++s) {
+          mma_16816<Element>(acc_o[s][nt], p_frag[s], b[0], b[1]);
+          mma_16816<Element>(acc_o[s][nt + 1], p_frag[s], b[2], b[3]);
+        }
       }
+    }
+    if (has_qv && has_next) {
+      __syncthreads();  // every warp is done with K_n and V_n
+      load_k(n_block + 1);
+      load_v(n_block + 1);
+      cp_async_commit();
     }
   }
 
-  // Epilogue: normalise, fold in the sink, write O and LSE.
+  // Epilogue: normalise, fold in the sink (final output only), write O and LSE.
   Element* gO = static_cast<Element*>(params.o) + seq.o_offset;
-  const float sink = params.sinks ? params.sinks[head] : -INFINITY;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    // Row max in natural-log units (scale and softcap already applied).
-    const float m_nat = row_max[r] == -INFINITY ? -INFINITY : row_max[r] * score_to_log2 * kLn2;
-    const float m_all = fmaxf(m_nat, sink);
-    float o_scale = 0.f, lse = -INFINITY;
-    if (m_all != -INFINITY) {
-      const float kept = expf(m_nat - m_all);  // 0 when the row saw no key
-      const float total = sum * kept + expf(sink - m_all);
-      o_scale = kept / total;
-      lse = m_all + logf(total);
-    }
-    const int row = my_row[r];
-    if (row < seq.rows_q) {
-      Element* out_row = gO + int64_t(row) * params.o_row_stride;
+  for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
-      for (int i = 0; i < kNTilesO; ++i) {
-        const uint32_t packed =
-            ElementTraits<Element>::pack(acc_o[i][2 * r] * o_scale, acc_o[i][2 * r + 1] * o_scale);
-        *reinterpret_cast<uint32_t*>(out_row + i * 8 + 2 * t) = packed;
+    for (int r = 0; r < 2; ++r) {
+      const int tr = row0 + warp_row0 + s * 16 + g + 8 * r;
+      const int query = rows.query(tr), head = rows.head(tr);
+      float sum = row_sum[s][r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      // Row max in natural-log units (scale and softcap already applied).
+      const float m_nat = row_max[s][r] == -INFINITY ? -INFINITY : row_max[s][r] * score_to_log2 * kLn2;
+      const float sink = params.sinks && !partial ? params.sinks[head] : -INFINITY;
+      const float m_all = fmaxf(m_nat, sink);
+      float o_scale = 0.f, lse = -INFINITY;
+      if (m_all != -INFINITY) {
+        const float kept = expf(m_nat - m_all);  // 0 when the row saw no key
+        const float total = sum * kept + expf(sink - m_all);
+        o_scale = kept / total;
+        lse = m_all + logf(total);
       }
-      if (t == 0) params.lse[seq.lse_offset + row] = lse;
+      if (tr > last_row) continue;
+      const int64_t lse_index = seq.lse_offset + int64_t(head) * params.lse_head_stride + query;
+      const int col0 = col_warp * Traits::kDVPerWarp + 2 * t;
+      if (partial) {
+        float* out_row = params.o_partial + (int64_t(split) * params.lse_rows + lse_index) * kDV + col0;
+#pragma unroll
+        for (int i = 0; i < kNTilesO; ++i)
+          *reinterpret_cast<float2*>(out_row + i * 8) =
+              make_float2(acc_o[s][i][2 * r] * o_scale, acc_o[s][i][2 * r + 1] * o_scale);
+        if (t == 0 && col_warp == 0) params.lse_partial[int64_t(split) * params.lse_rows + lse_index] = lse;
+      } else {
+        Element* out_row = gO + int64_t(query) * params.o_row_stride + int64_t(head) * params.o_head_stride + col0;
+#pragma unroll
+        for (int i = 0; i < kNTilesO; ++i)
+          *reinterpret_cast<uint32_t*>(out_row + i * 8) =
+              ElementTraits<Element>::pack(acc_o[s][i][2 * r] * o_scale, acc_o[s][i][2 * r + 1] * o_scale);
+        if (t == 0 && col_warp == 0) params.lse[lse_index] = lse;
+      }
     }
-  }
 }
 
 }  // namespace sgl_fa3::portable

@@ -36,8 +36,13 @@ class Instantiation:
         return _CXX_ELEMENT[self.dtype]
 
 
+# (d, dv) pairs: equal dims, DeepSeek-style 192 -> 128, and absorbed-MLA 64 -> 256 / 512 (qv).
+HEAD_DIM_PAIRS: tuple[tuple[int, int], ...] = (
+    (64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128), (64, 256), (64, 512),
+)
+
 INSTANTIATIONS: tuple[Instantiation, ...] = tuple(
-    Instantiation("portable", dtype, d, d) for dtype in ("fp16", "bf16") for d in (64, 128)
+    Instantiation("portable", dtype, d, dv) for dtype in ("fp16", "bf16") for d, dv in HEAD_DIM_PAIRS
 )
 
 SUPPORTED_HEAD_DIMS: tuple[int, ...] = tuple(sorted({i.head_dim for i in INSTANTIATIONS}))

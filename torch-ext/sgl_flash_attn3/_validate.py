@@ -87,11 +87,10 @@ def check_scalar(name: str, value: object, kind: type, minimum: float | None = N
 
 def check_head_dims(q: torch.Tensor, head_dim: int, head_dim_v: int) -> None:
     if _instantiations.find(q.dtype, head_dim, head_dim_v) is None:
-        dims = ", ".join(str(d) for d in _instantiations.SUPPORTED_HEAD_DIMS)
+        pairs = ", ".join(f"{d}->{dv}" if d != dv else str(d) for d, dv in _instantiations.HEAD_DIM_PAIRS)
         raise NotImplementedError(
             f"head dim {head_dim} (v head dim {head_dim_v}) with dtype "
-            f"{str(q.dtype).removeprefix('torch.')} is not implemented; supported head dims: {dims} "
-            f"with equal q/k/v head dims"
+            f"{str(q.dtype).removeprefix('torch.')} is not implemented; supported head dims: {pairs}"
         )
 
 

@@ -1,0 +1,77 @@
+// Launch plan of a forward call: GQA packing and the split-KV layout. Host-only, torch-free.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+namespace sgl_fa3 {
+
+struct PlanInputs {
+  int batch, max_seqlen_q, max_seqlen_k;  // max_seqlen_k includes appended keys
+  int num_heads, num_heads_k;
+  int block_m, block_n;  // tile of the kernel that will run
+  int num_sms;
+  int num_splits;  // requested: 0 = heuristic, 1 = none, n = up to n
+  int pack_gqa;    // requested: -1 = heuristic, 0 / 1
+  bool deterministic;
+};
+
+struct Plan {
+  int num_splits;          // splits in the grid (1 = no split)
+  int n_blocks_per_split;  // key blocks per split
+  bool pack_gqa;
+  bool use_combine;  // partial outputs + combine kernel (always when deterministic)
+};
+
+// Tuning table (reasons next to each value).
+struct PlanTuning {
+  // Grids smaller than this many CTAs per SM leave bandwidth unused in decode: split to reach it.
+  static constexpr int kTargetCtasPerSm = 2;
+  // A split shorter than this many key blocks costs more in partial-output traffic and combine
+  // work than the parallelism it buys.
+  static constexpr int kMinBlocksPerSplit = 2;
+  // Deterministic mode fixes the split length (in keys) so that each row's split boundaries,
+  // hence its rounding, depend only on its own length and never on the rest of the batch.
+  static constexpr int kDeterministicKeysPerSplit = 2048;
+  static constexpr int kMaxSplits = 256;  // the combine kernel keeps one weight per split
+};
+
+inline int ceil_div(int64_t a, int64_t b) { return int((a + b - 1) / b); }
+
+inline Plan plan_forward(const PlanInputs& in) {
+  Plan plan{};
+  const int group = in.num_heads_k > 0 ? in.num_heads / in.num_heads_k : 1;
+  // Packing the heads of a KV group into the rows of one tile reads each K/V block once per
+  // group instead of once per query head; it pays when the queries alone leave the tile mostly
+  // empty (decode and short chunks).
+  plan.pack_gqa = in.pack_gqa >= 0 ? in.pack_gqa == 1 : (group > 1 && in.max_seqlen_q < in.block_m);
+  const int n_blocks = std::max(ceil_div(in.max_seqlen_k, in.block_n), 1);
+  const int rows = in.max_seqlen_q * (plan.pack_gqa ? group : 1);
+  const int64_t ctas = int64_t(in.batch) * (plan.pack_gqa ? in.num_heads_k : in.num_heads) *
+                       std::max(ceil_div(rows, in.block_m), 1);
+
+  int splits = 1;
+  if (in.deterministic && in.num_splits != 1) {
+    int per = std::max(PlanTuning::kDeterministicKeysPerSplit / in.block_n, 1);
+    if (ceil_div(n_blocks, per) > PlanTuning::kMaxSplits) per = ceil_div(n_blocks, PlanTuning::kMaxSplits);
+    plan.n_blocks_per_split = per;
+    plan.num_splits = ceil_div(n_blocks, per);
+    plan.use_combine = true;
+    return plan;
+  }
+  if (in.num_splits > 1) {
+    splits = std::min({in.num_splits, n_blocks, PlanTuning::kMaxSplits});
+  } else if (in.num_splits == 0) {
+    const int64_t target = int64_t(PlanTuning::kTargetCtasPerSm) * in.num_sms;
+    if (ctas < target) {
+      splits = int(std::min<int64_t>(ceil_div(target, ctas), n_blocks / PlanTuning::kMinBlocksPerSplit));
+      splits = std::clamp(splits, 1, PlanTuning::kMaxSplits);
+    }
+  }
+  plan.n_blocks_per_split = ceil_div(n_blocks, splits);
+  plan.num_splits = ceil_div(n_blocks, plan.n_blocks_per_split);  // no empty trailing splits
+  plan.use_combine = plan.num_splits > 1;
+  return plan;
+}
+
+}  // namespace sgl_fa3

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Decode (q_len 1) KV-cache bandwidth against cuDNN attention (SDPA) in the same process.
+
+    python scripts/bench_decode.py --out benchmarks/results/decode.csv
+    python scripts/bench_decode.py --quick
+    python scripts/bench_decode.py --heads 32/8 --batches 1,8 --seqlens 8192 --page-sizes 0,16
+
+Workload: bf16, d 128, heads (q/kv) 32/8 and 32/32, batch 1/8/32/128 x kv length 1k/8k/32k, unpaged
+(page_size 0) and paged with page sizes 1/16/64 (pages scattered by a random permutation).
+Bytes = K + V + q + out = 2 * (b * sk * h_kv * d * 2) + 2 * (b * h_q * d * 2) (page table not counted);
+GB/s = bytes / median time (triton.testing.do_bench). cuDNN runs on the unpaged cache, so its number is
+the same for every page size of a point. copy_gbps is a 2 GiB device-to-device copy (read + write
+bytes) measured in the same run; frac_of_copy = ours_gbps / copy_gbps. Inputs smaller than 4x L2 are
+rotated across copies; points whose K+V exceed --budget-gib are skipped ('# skip' on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import math
+import sys
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench
+
+ROOT = Path(__file__).resolve().parent.parent
+COLUMNS = ("dtype,batch,seqlen_k,nheads_q,nheads_kv,hdim,page_size,ours_gbps,cudnn_gbps,copy_gbps,"
+           "frac_of_copy,device,date")
+DTYPE, DTYPE_NAME, HDIM = torch.bfloat16, "bf16", 128
+DEFAULTS = {"heads": "32/8,32/32", "batches": "1,8,32,128", "seqlens": "1024,8192,32768",
+            "page_sizes": "0,1,16,64"}
+QUICK = {"heads": "32/8", "batches": "8", "seqlens": "8192", "page_sizes": "0,16"}
+COPY_BYTES = 2 << 30
+ROTATE_L2_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class Point:
+    batch: int
+    seqlen_k: int
+    nheads_q: int
+    nheads_kv: int
+    hdim: int = HDIM
+
+    def kv_bytes(self) -> int:
+        return 2 * self.batch * self.seqlen_k * self.nheads_kv * self.hdim * DTYPE.itemsize
+
+    def q_out_bytes(self) -> int:
+        return 2 * self.batch * self.nheads_q * self.hdim * DTYPE.itemsize
+
+    def bytes_moved(self) -> int:
+        return self.kv_bytes() + self.q_out_bytes()
+
+    def label(self) -> str:
+        return f"b{self.batch} sk{self.seqlen_k} h{self.nheads_q}/{self.nheads_kv} d{self.hdim}"
+
+
+@dataclass
+class Buffers:
+    """One copy of the decode inputs: q (b, 1, hq, d), k/v (b, sk, hkv, d), out like q."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    out: torch.Tensor
+
+
+def load_kernel():
+    from kernels import get_local_kernel
+
+    return get_local_kernel(ROOT / "build")
+
+
+def median_ms(fn: Callable[[], object]) -> float:
+    return do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def gbps(nbytes: int, ms: float) -> float:
+    return nbytes / ms / 1e6
+
+
+def l2_bytes() -> int:
+    return getattr(torch.cuda.get_device_properties(), "L2_cache_size", 50 << 20) or (50 << 20)
+
+
+def copy_gbps() -> float:
+    """Device-to-device copy of a COPY_BYTES buffer; counts read + write bytes."""
+    src = torch.empty(COPY_BYTES, device="cuda", dtype=torch.uint8).random_()
+    dst = torch.empty_like(src)
+    result = gbps(2 * COPY_BYTES, median_ms(lambda: dst.copy_(src)))
+    del src, dst
+    torch.cuda.empty_cache()
+    return result
+
+
+def make_buffers(p: Point) -> list[Buffers]:
+    """Enough copies that their total footprint exceeds ROTATE_L2_FACTOR x L2 (one if already larger)."""
+    copies = max(1, math.ceil(ROTATE_L2_FACTOR * l2_bytes() / p.bytes_moved()))
+    kv_shape = (p.batch, p.seqlen_k, p.nheads_kv, p.hdim)
+    q_shape = (p.batch, 1, p.nheads_q, p.hdim)
+    return [
+        Buffers(
+            q=torch.randn(q_shape, device="cuda", dtype=DTYPE),
+            k=torch.randn(kv_shape, device="cuda", dtype=DTYPE),
+            v=torch.randn(kv_shape, device="cuda", dtype=DTYPE),
+            out=torch.empty(q_shape, device="cuda", dtype=DTYPE),
+        )
+        for _ in range(copies)
+    ]
+
+
+def rotating(calls: list[Callable[[], object]]) -> Callable[[], object]:
+    """A closure that runs the next per-copy call each time, so no copy is still in L2 when reused."""
+    step = [0]
+
+    def fn() -> object:
+        step[0] += 1
+        return calls[step[0] % len(calls)]()
+
+    return fn
+
+
+def paged(cache: torch.Tensor, page_size: int) -> torch.Tensor:
+    """View an unpaged (b, sk, hkv, d) cache as a page pool (num_pages, page_size, hkv, d), no copy."""
+    b, sk, hkv, d = cache.shape
+    return cache.view(b * sk // page_size, page_size, hkv, d)
+
+
+def random_page_table(p: Point, page_size: int) -> torch.Tensor:
+    """(b, sk // page_size) int32: a random permutation of the pool, so pages are scattered."""
+    pages_per_seq = p.seqlen_k // page_size
+    perm = torch.randperm(p.batch * pages_per_seq, device="cuda")
+    return perm.to(torch.int32).view(p.batch, pages_per_seq)
+
+
+def measure_ours(fa3, p: Point, bufs: list[Buffers], page_size: int) -> float:
+    """GB/s of flash_attn_with_kvcache; raises NotImplementedError where the build lacks the feature."""
+    cache_seqlens = torch.full((p.batch,), p.seqlen_k, device="cuda", dtype=torch.int32)
+    page_table = random_page_table(p, page_size) if page_size else None
+    calls = []
+    for buf in bufs:
+        k_cache, v_cache = (paged(x, page_size) if page_size else x for x in (buf.k, buf.v))
+        calls.append(partial(fa3.flash_attn_with_kvcache, buf.q, k_cache, v_cache, cache_seqlens=cache_seqlens,
+                             page_table=page_table, causal=True, out=buf.out))
+    return gbps(p.bytes_moved(), median_ms(rotating(calls)))
+
+
+def measure_cudnn(p: Point, bufs: list[Buffers]) -> float | None:
+    """GB/s of cuDNN SDPA on (b, h, s, d) views of the unpaged cache; None (reason on stderr) if refused.
+
+    GQA goes through enable_gqa=True: torch's can_use_cudnn_attention checks dense inputs with
+    check_batch_size_and_num_heads_dense<supports_gqa=true, ...>, so cuDNN takes hkv < hq natively
+    and k/v are not expanded. is_causal=False: SDPA's is_causal is top-left aligned (the one query
+    would see only key 0), while a bottom-right causal mask with q_len 1 masks nothing.
+    """
+    gqa = p.nheads_q != p.nheads_kv
+    calls = [partial(F.scaled_dot_product_attention, *(x.transpose(1, 2) for x in (buf.q, buf.k, buf.v)),
+                     is_causal=False, enable_gqa=gqa) for buf in bufs]
+    with warnings.catch_warnings(record=True) as caught, sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        warnings.simplefilter("always")
+        try:
+            ms = median_ms(rotating(calls))
+        except RuntimeError as e:
+            reasons = "; ".join(str(w.message) for w in caught) or str(e).splitlines()[0]
+            print(f"# cudnn refused {p.label()}: {reasons}", file=sys.stderr, flush=True)
+            return None
+    return gbps(p.bytes_moved(), ms)
+
+
+def csv_row(p: Point, page_size: int, ours: float, cudnn: float | None, copy: float, device: str,
+            date: str) -> list[object]:
+    cudnn_s = "" if cudnn is None else f"{cudnn:.1f}"
+    return [DTYPE_NAME, p.batch, p.seqlen_k, p.nheads_q, p.nheads_kv, p.hdim, page_size,
+            f"{ours:.1f}", cudnn_s, f"{copy:.1f}", f"{ours / copy:.3f}", device, date]
+
+
+def run_point(fa3, p: Point, page_sizes: list[int], copy: float, device: str, date: str) -> list[list[object]]:
+    """All page sizes of one (batch, seqlen_k, heads) point; cuDNN measured once on the unpaged cache."""
+    bufs = make_buffers(p)
+    cudnn = measure_cudnn(p, bufs)
+    rows = []
+    for page_size in page_sizes:
+        if page_size and p.seqlen_k % page_size:
+            print(f"# skip {p.label()} page {page_size}: seqlen_k not a multiple of the page size",
+                  file=sys.stderr, flush=True)
+            continue
+        try:
+            ours = measure_ours(fa3, p, bufs, page_size)
+        except NotImplementedError as e:
+            print(f"# skip {p.label()} page {page_size}: {e}", file=sys.stderr, flush=True)
+            continue
+        rows.append(csv_row(p, page_size, ours, cudnn, copy, device, date))
+        print(",".join(str(x) for x in rows[-1]), flush=True)
+    del bufs
+    torch.cuda.empty_cache()
+    return rows
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def parse_heads(text: str) -> list[tuple[int, int]]:
+    return [(int(hq), int(hkv)) for hq, hkv in (pair.split("/") for pair in text.split(","))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="CSV to write (rows are printed either way)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke-test subset: heads {QUICK['heads']}, batch {QUICK['batches']}, "
+                             f"seqlen {QUICK['seqlens']}, page sizes {QUICK['page_sizes']}")
+    parser.add_argument("--heads", help=f"q/kv head pairs (default {DEFAULTS['heads']})")
+    parser.add_argument("--batches", help=f"default {DEFAULTS['batches']}")
+    parser.add_argument("--seqlens", help=f"kv lengths (default {DEFAULTS['seqlens']})")
+    parser.add_argument("--page-sizes", help=f"0 = unpaged (default {DEFAULTS['page_sizes']})")
+    parser.add_argument("--budget-gib", type=float, default=40.0,
+                        help="skip points whose K+V exceed this many GiB (default 40)")
+    args = parser.parse_args()
+    grid = {key: getattr(args, key) or (QUICK if args.quick else DEFAULTS)[key] for key in DEFAULTS}
+
+    fa3 = load_kernel()
+    device = torch.cuda.get_device_name()
+    date = datetime.date.today().isoformat()
+    print(f"# {device}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
+          f"L2 {l2_bytes() >> 20} MiB", file=sys.stderr, flush=True)
+    copy = copy_gbps()
+    print(f"# copy {copy:.1f} GB/s (read + write of {COPY_BYTES >> 30} GiB)", file=sys.stderr, flush=True)
+    print(COLUMNS, flush=True)
+    budget = int(args.budget_gib * (1 << 30))
+    page_sizes = parse_ints(grid["page_sizes"])
+    rows = []
+    for hq, hkv in parse_heads(grid["heads"]):
+        for batch in parse_ints(grid["batches"]):
+            for seqlen_k in parse_ints(grid["seqlens"]):
+                p = Point(batch, seqlen_k, hq, hkv)
+                if p.kv_bytes() > budget:
+                    print(f"# skip {p.label()}: K+V {p.kv_bytes() / (1 << 30):.1f} GiB > budget "
+                          f"{args.budget_gib:g} GiB", file=sys.stderr, flush=True)
+                    continue
+                rows += run_point(fa3, p, page_sizes, copy, device, date)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS.split(","))
+            writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
