@@ -258,7 +258,7 @@ def main() -> int:
         re.compile(args.filter) if args.filter else None, archs,
     )
     start = time.monotonic()
-    subprocess.run(["ninja", "-f", str(ninja_file), f"-j{args.jobs}"], check=True)
+    subprocess.run(["ninja", "-C", str(ninja_file.parent), "-f", ninja_file.name, f"-j{args.jobs}"], check=True)
     elapsed = time.monotonic() - start
     shutil.copy2(scratch / so_name, variant_dir / so_name)
     stage_python(variant_dir, ops_name, config, built_caps)

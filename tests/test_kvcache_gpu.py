@@ -1,0 +1,260 @@
+"""KV-cache features against attention_ref: paged KV, in-place append with rotary, head-dim
+pairs and qv, split-KV, GQA packing, determinism, scheduler metadata and CUDA graphs."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from tolerance import assert_within_tolerance, poisoned_like
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [torch.float16, torch.bfloat16]
+ULP = {torch.float16: 2**-10, torch.bfloat16: 2**-7}
+
+
+def randn(*shape, dtype=torch.bfloat16):
+    return torch.randn(*shape, dtype=dtype, device="cuda")
+
+
+def ints(values):
+    return torch.tensor(values, dtype=torch.int32, device="cuda")
+
+
+def cu_seqlens(lengths):
+    return ints([0, *itertools.accumulate(lengths)])
+
+
+def check(fa3, name, out, lse, q, k, v, factor=2.0, **ref_kwargs):
+    ref = fa3.attention_ref(q, k, v, **ref_kwargs)
+    low = fa3.attention_ref(q, k, v, upcast=False, **ref_kwargs)
+    assert_within_tolerance(f"{name} out", out, ref.out, low.out, factor)
+    assert_within_tolerance(f"{name} lse", lse, ref.lse, low.lse, factor)
+    return ref
+
+
+def paged_cache(lengths, page_size, h_k, d, dv, dtype, extra_pages=3):
+    """A shuffled page pool holding `lengths` keys per row, and a page table with free row stride."""
+    pages_per_row = [max(1, -(-n // page_size)) for n in lengths]
+    max_pages = max(pages_per_row) + 1
+    num_pages = sum(pages_per_row) + extra_pages
+    perm = torch.randperm(num_pages, device="cuda").to(torch.int32)
+    table = torch.zeros(len(lengths), max_pages + 5, dtype=torch.int32, device="cuda")[:, :max_pages]  # strided rows
+    start = 0
+    for b, n in enumerate(pages_per_row):
+        table[b, :n] = perm[start : start + n]
+        start += n
+    return randn(num_pages, page_size, h_k, d, dtype=dtype), randn(num_pages, page_size, h_k, dv, dtype=dtype), table
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("page_size", [1, 4, 16, 64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("sq", [1, 5, 130])
+def test_paged_decode_and_chunk(fa3, dtype, page_size, causal, sq):
+    torch.manual_seed(page_size * 7 + sq)
+    lengths = [sq + 3, 700, sq + 190, 1]
+    b, h, h_k, d = len(lengths), 8, 2, 128
+    k_cache, v_cache, table = paged_cache(lengths, page_size, h_k, d, d, dtype)
+    seqlens = ints(lengths)
+    q = randn(b, sq, h, d, dtype=dtype)
+    out = poisoned_like((b, sq, h, d), dtype, "cuda")
+    got, lse = fa3.flash_attn_with_kvcache(
+        q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table, causal=causal, return_softmax_lse=True, out=out
+    )
+    check(fa3, f"paged{page_size}", got, lse, q, k_cache, v_cache, seqused_k=seqlens, page_table=table, causal=causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_varlen_with_page_table(fa3, dtype):
+    """A page table in flash_attn_varlen_func is honoured (never silently dropped)."""
+    torch.manual_seed(1)
+    lq, lk = [3, 0, 70], [40, 9, 333]
+    k_cache, v_cache, table = paged_cache(lk, 16, 2, 64, 64, dtype)
+    cu_q = cu_seqlens(lq)
+    q = randn(sum(lq), 4, 64, dtype=dtype)
+    got, lse = fa3.flash_attn_varlen_func(
+        q, k_cache, v_cache, cu_q, None, max(lq), max(lk), seqused_k=ints(lk), page_table=table, causal=True,
+        return_softmax_lse=True,
+    )
+    check(fa3, "varlen paged", got, lse, q, k_cache, v_cache, cu_seqlens_q=cu_q, seqused_k=ints(lk),
+          page_table=table, causal=True)
+
+
+APPEND_CASES = [
+    dict(),
+    dict(rotary=True, interleaved=True),
+    dict(rotary=True, interleaved=False, causal=True),
+    dict(rotary=True, interleaved=False, rotary_seqlens=True),
+    dict(ragged=True, causal=True),
+    dict(ragged=True, rotary=True, interleaved=True, causal=True),
+    dict(paged=16, rotary=True, interleaved=False, causal=True),
+    dict(paged=1, ragged=True, causal=True),
+    dict(batch_idx=True, rotary=True, interleaved=True),
+    dict(leftpad=True, causal=True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", APPEND_CASES, ids=[str(c) for c in APPEND_CASES])
+def test_append_kv(fa3, dtype, case):
+    torch.manual_seed(hash(str(case)) % 2**31)
+    b, h, h_k, d, sq, capacity = 3, 8, 2, 128, 4, 512
+    cache_lens = [0, 37, 300]
+    new_lens = [4, 1, 3] if case.get("ragged") else [4, 4, 4]
+    if case.get("paged"):
+        k_cache, v_cache, table = paged_cache([n + 8 for n in cache_lens], case["paged"], h_k, d, d, dtype)
+        cache_rows = None
+    else:
+        rows = 5 if case.get("batch_idx") else b
+        k_cache, v_cache, table = randn(rows, capacity, h_k, d, dtype=dtype), randn(rows, capacity, h_k, d, dtype=dtype), None
+        cache_rows = ints([4, 0, 2]) if case.get("batch_idx") else None
+    k0, v0 = k_cache.clone(), v_cache.clone()
+    if case.get("ragged"):
+        cu_new = cu_seqlens(new_lens)
+        k_new, v_new = randn(sum(new_lens), h_k, d, dtype=dtype), randn(sum(new_lens), h_k, d, dtype=dtype)
+    else:
+        cu_new = None
+        k_new, v_new = randn(b, new_lens[0], h_k, d, dtype=dtype), randn(b, new_lens[0], h_k, d, dtype=dtype)
+    rotary = {}
+    if case.get("rotary"):
+        angles = torch.rand(1024, 32, device="cuda") * 6.28  # rotary_dim 64 of 128
+        rotary = dict(rotary_cos=angles.cos().to(dtype), rotary_sin=angles.sin().to(dtype),
+                      rotary_interleaved=case["interleaved"])
+        if case.get("rotary_seqlens"):
+            rotary["rotary_seqlens"] = ints([5, 100, 2])
+    leftpad = ints([0, 10, 299]) if case.get("leftpad") else None
+    seqlens = ints(cache_lens)
+    causal = case.get("causal", False)
+    q = randn(b, sq, h, d, dtype=dtype)
+    got, lse = fa3.flash_attn_with_kvcache(
+        q, k_cache, v_cache, k_new, v_new, cache_seqlens=seqlens, cache_batch_idx=cache_rows, cache_leftpad=leftpad,
+        page_table=table, cu_seqlens_k_new=cu_new, causal=causal, return_softmax_lse=True, **rotary,
+    )
+    ref = check(
+        fa3, "append", got, lse, q, k0, v0, seqused_k=seqlens, page_table=table, k_new=k_new, v_new=v_new,
+        cu_seqlens_k_new=cu_new, cache_batch_idx=cache_rows, cache_leftpad=leftpad, causal=causal, **rotary,
+    )
+    # Appended slots hold the (rotated) inputs; nothing else in the cache changed.
+    tol = dict(rtol=ULP[dtype], atol=1e-3) if rotary else dict(rtol=0, atol=0)
+    torch.testing.assert_close(k_cache, ref.k_cache, **tol)
+    torch.testing.assert_close(v_cache, ref.v_cache, rtol=0, atol=0)
+    changed = (k_cache != k0).any(-1).any(-1) | (v_cache != v0).any(-1).any(-1)
+    assert int(changed.sum()) <= sum(new_lens)
+
+
+HEAD_DIM_PAIRS = [(96, 96), (192, 192), (256, 256), (192, 128)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dims", HEAD_DIM_PAIRS, ids=[f"{d}-{dv}" for d, dv in HEAD_DIM_PAIRS])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlens", [(1, 1), (239, 1), (113, 203), (128, 217), (300, 128), (1023, 1024)])
+def test_head_dim_pairs(fa3, dtype, dims, causal, seqlens):
+    torch.manual_seed(hash((dims, causal, seqlens)) % 2**31)
+    (d, dv), (sq, sk) = dims, seqlens
+    q, k, v = randn(2, sq, 6, d, dtype=dtype), randn(2, sk, 2, d, dtype=dtype), randn(2, sk, 2, dv, dtype=dtype)
+    out = poisoned_like((2, sq, 6, dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, return_softmax_lse=True, out=out)
+    check(fa3, f"d{d}-{dv}", got, lse, q, k, v, causal=causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dv", [256, 512])
+@pytest.mark.parametrize("sq,sk", [(1, 1), (1, 777), (16, 300), (130, 130)])
+def test_absorbed_mla_qv(fa3, dtype, dv, sq, sk):
+    """DeepSeek-style absorbed MLA: d 64 (rope part), dv 256/512 latent, q heads share one kv head."""
+    torch.manual_seed(dv + sq * 3 + sk)
+    b, h = 2, 16
+    q, qv = randn(b, sq, h, 64, dtype=dtype), randn(b, sq, h, dv, dtype=dtype)
+    kv = randn(b, sk, 1, 64 + dv, dtype=dtype)  # SGLang passes K and V as strided views of one buffer
+    k, v = kv[..., :64], kv[..., 64:]
+    seqlens = ints([sk, max(sk - 3, 1)])
+    got, lse = fa3.flash_attn_with_kvcache(q, k, v, qv=qv, cache_seqlens=seqlens, causal=True, return_softmax_lse=True)
+    check(fa3, "qv", got, lse, q, k, v, qv=qv, seqused_k=seqlens, causal=True)
+
+
+@pytest.mark.parametrize("num_splits", [0, 1, 2, 7, 64])
+@pytest.mark.parametrize("pack_gqa", [None, False, True])
+@pytest.mark.parametrize("features", [dict(), dict(causal=True, sinks=True), dict(window_size=(300, 0), softcap=20.0)])
+def test_splits_and_gqa_packing(fa3, num_splits, pack_gqa, features):
+    torch.manual_seed(num_splits * 3 + (pack_gqa is True))
+    b, sq, h, h_k, d = 3, 2, 16, 4, 128
+    lengths = [1, 2048, 777]
+    k_cache, v_cache = randn(b, 2048, h_k, d), randn(b, 2048, h_k, d)
+    kwargs = dict(features)
+    if kwargs.pop("sinks", False):
+        kwargs["sinks"] = torch.randn(h, device="cuda")
+    q = randn(b, sq, h, d)
+    seqlens = ints(lengths)
+    got, lse = fa3.flash_attn_with_kvcache(
+        q, k_cache, v_cache, cache_seqlens=seqlens, num_splits=num_splits, pack_gqa=pack_gqa,
+        return_softmax_lse=True, **kwargs,
+    )
+    factor = 3.0 if kwargs.get("softcap") else 2.0
+    check(fa3, "splits", got, lse, q, k_cache, v_cache, factor=factor, seqused_k=seqlens, **kwargs)
+
+
+def test_deterministic_is_batch_invariant(fa3):
+    """deterministic=True: bitwise repeatable, and a row's result does not depend on its neighbours."""
+    torch.manual_seed(23)
+    h, h_k, d = 16, 4, 128
+    k_cache, v_cache = randn(4, 9000, h_k, d), randn(4, 9000, h_k, d)
+    q = randn(4, 1, h, d)
+    lengths = ints([8191, 12, 9000, 4000])
+    full = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lengths, causal=True, deterministic=True)
+    again = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lengths, causal=True, deterministic=True)
+    assert torch.equal(full, again)
+    for row in range(4):
+        alone = fa3.flash_attn_with_kvcache(
+            q[row : row + 1], k_cache[row : row + 1], v_cache[row : row + 1], cache_seqlens=lengths[row : row + 1],
+            causal=True, deterministic=True,
+        )
+        assert torch.equal(alone, full[row : row + 1]), f"row {row} depends on the batch"
+
+
+def test_scheduler_metadata_reuse(fa3):
+    torch.manual_seed(29)
+    b, h, h_k, d, sk = 4, 32, 8, 128, 8192
+    k_cache, v_cache = randn(b, sk, h_k, d), randn(b, sk, h_k, d)
+    q = randn(b, 1, h, d)
+    seqlens = ints([sk, 100, 5000, 1])
+    plan = fa3.get_scheduler_metadata(b, 1, sk, h, h_k, d, seqlens, causal=True)
+    assert int(plan[1]) > 1, "a 4-row decode should be split to fill the GPU"
+    with_plan = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, causal=True,
+                                            scheduler_metadata=plan)
+    without = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, causal=True)
+    assert torch.equal(with_plan, without)
+
+
+def test_decode_step_in_cuda_graph(fa3):
+    """Append + rotary + paged split decode, captured once and replayed with new inputs."""
+    torch.manual_seed(31)
+    b, h, h_k, d = 4, 16, 4, 128
+    k_cache, v_cache, table = paged_cache([4000, 10, 2500, 64], 16, h_k, d, d, torch.bfloat16)
+    seqlens = ints([3990, 5, 2400, 60])
+    angles = torch.rand(8192, 32, device="cuda")
+    cos, sin = angles.cos(), angles.sin()
+    q, k_new, v_new = randn(b, 1, h, d), randn(b, 1, h_k, d), randn(b, 1, h_k, d)
+    out = torch.empty_like(q)
+
+    def step():
+        fa3.flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cos, sin, seqlens, page_table=table,
+                                    causal=True, out=out)
+
+    k0, v0 = k_cache.clone(), v_cache.clone()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for _ in range(2):
+        q.copy_(torch.randn_like(q))
+        k_cache.copy_(k0), v_cache.copy_(v0)
+        graph.replay()
+        torch.cuda.synchronize()
+        got = out.clone()
+        k_cache.copy_(k0), v_cache.copy_(v0)
+        step()
+        assert torch.equal(got, out)
