@@ -241,7 +241,8 @@ def test_decode_step_in_cuda_graph(fa3):
     out = torch.empty_like(q)
 
     def step():
-        fa3.flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cos, sin, seqlens, page_table=table,
+        # Positional, the way SGLang calls it: (q, k_cache, v_cache, k, v, qv, rotary_cos, rotary_sin, cache_seqlens)
+        fa3.flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, None, cos, sin, seqlens, page_table=table,
                                     causal=True, out=out)
 
     k0, v0 = k_cache.clone(), v_cache.clone()
