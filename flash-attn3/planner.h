@@ -9,7 +9,8 @@ namespace sgl_fa3 {
 struct PlanInputs {
   int batch, max_seqlen_q, max_seqlen_k;  // max_seqlen_k includes appended keys
   int num_heads, num_heads_k;
-  int block_m, block_n;  // tile of the kernel that will run
+  int block_m, block_n;                // prefill tile
+  int decode_block_m, decode_block_n;  // decode tile (few rows)
   int num_sms;
   int num_splits;  // requested: 0 = heuristic, 1 = none, n = up to n
   int pack_gqa;    // requested: -1 = heuristic, 0 / 1
@@ -20,13 +21,15 @@ struct Plan {
   int num_splits;          // splits in the grid (1 = no split)
   int n_blocks_per_split;  // key blocks per split
   bool pack_gqa;
+  bool decode;       // run the decode tile
   bool use_combine;  // partial outputs + combine kernel (always when deterministic)
 };
 
 // Tuning table (reasons next to each value).
 struct PlanTuning {
-  // Grids smaller than this many CTAs per SM leave bandwidth unused in decode: split to reach it.
-  static constexpr int kTargetCtasPerSm = 2;
+  // Grids smaller than this many CTAs per SM leave bandwidth unused in decode: split to reach
+  // it. Decode tiles fit two per SM; a few waves more even out rows of unequal length.
+  static constexpr int kTargetCtasPerSm = 4;
   // A split shorter than this many key blocks costs more in partial-output traffic and combine
   // work than the parallelism it buys.
   static constexpr int kMinBlocksPerSplit = 2;
@@ -45,14 +48,18 @@ inline Plan plan_forward(const PlanInputs& in) {
   // group instead of once per query head; it pays when the queries alone leave the tile mostly
   // empty (decode and short chunks).
   plan.pack_gqa = in.pack_gqa >= 0 ? in.pack_gqa == 1 : (group > 1 && in.max_seqlen_q < in.block_m);
-  const int n_blocks = std::max(ceil_div(in.max_seqlen_k, in.block_n), 1);
   const int rows = in.max_seqlen_q * (plan.pack_gqa ? group : 1);
+  // Few rows per tile: the decode tile wastes no MMA work on empty rows and streams K/V deeper.
+  plan.decode = rows <= in.decode_block_m;
+  const int block_m = plan.decode ? in.decode_block_m : in.block_m;
+  const int block_n = plan.decode ? in.decode_block_n : in.block_n;
+  const int n_blocks = std::max(ceil_div(in.max_seqlen_k, block_n), 1);
   const int64_t ctas = int64_t(in.batch) * (plan.pack_gqa ? in.num_heads_k : in.num_heads) *
-                       std::max(ceil_div(rows, in.block_m), 1);
+                       std::max(ceil_div(rows, block_m), 1);
 
   int splits = 1;
   if (in.deterministic && in.num_splits != 1) {
-    int per = std::max(PlanTuning::kDeterministicKeysPerSplit / in.block_n, 1);
+    int per = std::max(PlanTuning::kDeterministicKeysPerSplit / block_n, 1);
     if (ceil_div(n_blocks, per) > PlanTuning::kMaxSplits) per = ceil_div(n_blocks, PlanTuning::kMaxSplits);
     plan.n_blocks_per_split = per;
     plan.num_splits = ceil_div(n_blocks, per);

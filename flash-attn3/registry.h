@@ -30,11 +30,16 @@ struct FwdKernel {
   int block_m, block_n;
 };
 
-// Returns nullptr when the kernel for `key` is not part of this build.
-const FwdKernel* find_fwd(const KernelKey& key);
+// The kernels of one key: a prefill tile and a 16-row decode tile.
+struct FwdKernels {
+  FwdKernel prefill, decode;
+};
+
+// Returns nullptr when the kernels for `key` are not part of this build.
+const FwdKernels* find_fwd(const KernelKey& key);
 
 struct FwdRegistration {
-  FwdRegistration(const KernelKey& key, const FwdKernel& kernel);
+  FwdRegistration(const KernelKey& key, const FwdKernels& kernels);
 };
 
 }  // namespace sgl_fa3

@@ -68,8 +68,8 @@ sgl_fa3::DType dtype_code(ScalarType t) {
   return t == ScalarType::Half ? sgl_fa3::DType::kFloat16 : sgl_fa3::DType::kBFloat16;
 }
 
-const sgl_fa3::FwdKernel& kernel_for(sgl_fa3::DType dtype, int64_t d, int64_t dv) {
-  const sgl_fa3::FwdKernel* kernel =
+const sgl_fa3::FwdKernels& kernels_for(sgl_fa3::DType dtype, int64_t d, int64_t dv) {
+  const sgl_fa3::FwdKernels* kernel =
       sgl_fa3::find_fwd({sgl_fa3::Family::kPortable, dtype, int(d), int(dv)});
   STD_TORCH_CHECK(kernel != nullptr, "no kernel in this build for dtype ",
                   dtype == sgl_fa3::DType::kFloat16 ? "float16" : "bfloat16", ", head dim ", d, ", v head dim ", dv);
@@ -222,18 +222,21 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   p.attention_chunk = int(attention_chunk);
   p.dtype = code;
 
-  const sgl_fa3::FwdKernel& kernel = kernel_for(code, head_dim, head_dim_v);
+  const sgl_fa3::FwdKernels& kernels = kernels_for(code, head_dim, head_dim_v);
   // Upper bound of any row's key count (with ragged appends seqlen_k_new is the packed total).
   const int64_t keys_bound =
       (paged ? page_table->size(1) * p.page_size : packed_k ? max_seqlen_k : k.size(1)) + seqlen_k_new;
-  sgl_fa3::Plan plan = sgl_fa3::plan_forward({int(batch), int(seqlen_q), int(std::min<int64_t>(keys_bound, INT32_MAX)),
-                                              int(num_heads), int(num_heads_k), kernel.block_m, kernel.block_n,
-                                              num_sms(device), int(num_splits), int(pack_gqa), deterministic});
+  sgl_fa3::Plan plan = sgl_fa3::plan_forward(
+      {int(batch), int(seqlen_q), int(std::min<int64_t>(keys_bound, INT32_MAX)), int(num_heads), int(num_heads_k),
+       kernels.prefill.block_m, kernels.prefill.block_n, kernels.decode.block_m, kernels.decode.block_n,
+       num_sms(device), int(num_splits), int(pack_gqa), deterministic});
   if (n_blocks_per_split > 0) {  // a precomputed plan (get_scheduler_metadata)
+    STD_TORCH_CHECK(num_splits >= 1, "a precomputed plan needs num_splits >= 1");
     plan.num_splits = int(num_splits);
     plan.n_blocks_per_split = int(n_blocks_per_split);
     plan.use_combine = deterministic || num_splits > 1;
   }
+  const sgl_fa3::FwdKernel& kernel = plan.decode ? kernels.decode : kernels.prefill;
   p.pack_gqa = plan.pack_gqa;
   p.num_splits = plan.num_splits;
   p.n_blocks_per_split = plan.n_blocks_per_split;
@@ -381,10 +384,11 @@ void plan(Tensor out, int64_t batch, int64_t max_seqlen_q, int64_t max_seqlen_k,
   STD_TORCH_CHECK(out.is_cpu() && out.scalar_type() == ScalarType::Int && out.numel() == 4 && out.is_contiguous(),
                   "plan output must be a contiguous CPU int32 tensor of 4 entries");
   STD_TORCH_CHECK(num_heads_k > 0 && num_heads % num_heads_k == 0, "num_heads must be a multiple of num_heads_k");
-  const sgl_fa3::FwdKernel& kernel = kernel_for(sgl_fa3::DType(dtype), head_dim, head_dim_v);
+  const sgl_fa3::FwdKernels& kernels = kernels_for(sgl_fa3::DType(dtype), head_dim, head_dim_v);
   const sgl_fa3::Plan result = sgl_fa3::plan_forward(
-      {int(batch), int(max_seqlen_q), int(max_seqlen_k), int(num_heads), int(num_heads_k), kernel.block_m,
-       kernel.block_n, num_sms(int(device)), int(num_splits), int(pack_gqa), deterministic});
+      {int(batch), int(max_seqlen_q), int(max_seqlen_k), int(num_heads), int(num_heads_k), kernels.prefill.block_m,
+       kernels.prefill.block_n, kernels.decode.block_m, kernels.decode.block_n, num_sms(int(device)),
+       int(num_splits), int(pack_gqa), deterministic});
   int* values = static_cast<int*>(out.data_ptr());
   values[0] = result.num_splits;
   values[1] = result.n_blocks_per_split;

@@ -11,7 +11,8 @@
 //     softcap, mask, online softmax (running max m and sum l per row)
 //     O += P V_n                              P re-packed from the S registers
 //   O / l and LSE = m + log(l) -> global (sinks folded in), or per-split partials.
-// Without qv, V_n is fetched while Q K_n^T runs and K_{n+1} while P V_n runs.
+// K/V blocks stream through a ring of kStages shared-memory stages (cp.async groups): while
+// block n is computed, blocks n + 1 .. n + kStages - 1 are in flight.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -23,13 +24,14 @@
 namespace sgl_fa3::portable {
 
 template <typename Element_, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kRowWarps_,
-          int kColWarps_, bool kQInRegs_>
+          int kColWarps_, bool kQInRegs_, int kStages_>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kD = kD_, kDV = kDV_;
   static constexpr int kBlockM = kBlockM_, kBlockN = kBlockN_;
   static constexpr int kRowWarps = kRowWarps_, kColWarps = kColWarps_;
   static constexpr bool kQInRegs = kQInRegs_;
+  static constexpr int kStages = kStages_;
   static constexpr int kNWarps = kRowWarps * kColWarps;
   static constexpr int kNThreads = kNWarps * 32;
   static constexpr int kMSlabs = kBlockM / (16 * kRowWarps);  // 16-row slabs per warp
@@ -43,12 +45,14 @@ struct FwdTraits {
   static constexpr int kSmemQv = kHasQvSmem ? kBlockM * kRowV : 0;
   static constexpr int kSmemK = kBlockN * kRowQ;
   static constexpr int kSmemV = kBlockN * kRowV;
-  static constexpr int kSmemBytes = (kSmemQ + kSmemQv + kSmemK + kSmemV) * int(sizeof(Element));
+  static constexpr int kSmemStage = kSmemK + kSmemV;  // one K/V block
+  static constexpr int kSmemBytes = (kSmemQ + kSmemQv + kStages * kSmemStage) * int(sizeof(Element));
 
   static_assert(kMSlabs * 16 * kRowWarps == kBlockM, "row warps must tile kBlockM in 16-row slabs");
   static_assert(kD % 16 == 0 && kDV % 16 == 0, "head dims must be multiples of the mma k (16)");
   static_assert(kDVPerWarp % 16 == 0, "each column warp owns whole pairs of n8 output tiles");
   static_assert(kBlockN % 16 == 0, "key block must be a multiple of the mma k (16)");
+  static_assert(kStages >= 2, "the K/V ring needs a stage in flight besides the one computed on");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
 };
 
@@ -180,8 +184,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Element* sQ = reinterpret_cast<Element*>(smem_raw);
   Element* sQv = sQ + Traits::kSmemQ;
-  Element* sK = sQv + Traits::kSmemQv;
-  Element* sV = sK + Traits::kSmemK;
+  Element* sKV = sQv + Traits::kSmemQv;  // kStages x (K block, V block)
 
   const int num_m_blocks = (gridDim.x + params.num_splits - 1) / params.num_splits;
   const int m_block = blockIdx.x % num_m_blocks, split = blockIdx.x / num_m_blocks;
@@ -229,14 +232,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const KVRows<Element> v_rows{
       static_cast<const Element*>(params.v) + kv_head * params.v_head_stride, params.v_batch_stride,
       params.v_row_stride, k_rows.pages, params.page_size, seq.b_kv, seq.k_start};
-  auto load_k = [&](int n_block) {
+  // Block n_block -> ring stage `stage`: K (kBlockN, kD) then V (kBlockN, kDV).
+  auto load_block = [&](int n_block, int stage) {
     const int key0 = n_block * kBlockN;
-    load_tile<kNThreads, kBlockN, kD, kRowQ>(sK, [&](int r) { return k_rows.row(key0 + r); },
-                                            seq.seqlen_k - key0);
-  };
-  auto load_v = [&](int n_block) {
-    const int key0 = n_block * kBlockN;
-    load_tile<kNThreads, kBlockN, kDV, kRowV>(sV, [&](int r) { return v_rows.row(key0 + r); },
+    Element* sK = sKV + stage * Traits::kSmemStage;
+    load_tile<kNThreads, kBlockN, kD, kRowQ>(sK, [&](int r) { return k_rows.row(key0 + r); }, seq.seqlen_k - key0);
+    load_tile<kNThreads, kBlockN, kDV, kRowV>(sK + Traits::kSmemK, [&](int r) { return v_rows.row(key0 + r); },
                                              seq.seqlen_k - key0);
   };
 
@@ -275,11 +276,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           },
           last_used - row0 + 1);
     }
-    load_k(n_block_min);
-    if (has_qv) load_v(n_block_min);
-    cp_async_commit();
+    // Prologue: Q joins the first group; blocks n_block_min .. + kStages - 2 go in flight.
+#pragma unroll
+    for (int i = 0; i < Traits::kStages - 1; ++i) {
+      if (n_block_min + i < n_block_max) load_block(n_block_min + i, i);
+      cp_async_commit();
+    }
     if constexpr (Traits::kQInRegs) {
-      cp_async_wait<0>();
+      cp_async_wait<Traits::kStages - 2>();
       __syncthreads();
 #pragma unroll
       for (int s = 0; s < kMSlabs; ++s)
@@ -291,12 +295,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   for (int n_block = n_block_min; n_block < n_block_max; ++n_block) {
     const int key0 = n_block * kBlockN;
-    cp_async_wait<0>();  // K_n (and V_n with qv) has landed
-    __syncthreads();     // ... for every thread, and every warp is done reading V_{n-1}
-    if (!has_qv) {
-      load_v(n_block);
-      cp_async_commit();
-    }
+    const int it = n_block - n_block_min;
+    cp_async_wait<Traits::kStages - 2>();  // block n (and Q) has landed for this thread
+    __syncthreads();  // ... for every thread; every warp is done with block n - 1's stage
+    // Refill the stage block n - 1 used with block n + kStages - 1 (one group per iteration).
+    if (n_block + Traits::kStages - 1 < n_block_max)
+      load_block(n_block + Traits::kStages - 1, (it + Traits::kStages - 1) % Traits::kStages);
+    cp_async_commit();
+    const Element* sK = sKV + (it % Traits::kStages) * Traits::kSmemStage;
+    const Element* sV = sK + Traits::kSmemK;
 
     // S = Q K^T (+ Qv V^T): (kMSlabs, kNTilesS, 4) fp32.
     float acc_s[kMSlabs][kNTilesS][4];
@@ -308,15 +315,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     if constexpr (Traits::kHasQvSmem) {
       if (has_qv) gemm_scores<Traits, kDV, kRowV, kRowV, false>(acc_s, sQv, warp_row0, sV, nullptr, lane);
     }
-    const bool has_next = n_block + 1 < n_block_max;
-    if (!has_qv) {
-      __syncthreads();  // every warp is done reading K_n
-      if (has_next) {
-        load_k(n_block + 1);
-        cp_async_commit();
-      }
-    }
-
     if (use_softcap) {
 #pragma unroll
       for (int s = 0; s < kMSlabs; ++s)
@@ -378,15 +376,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
       }
 
-    if (!has_qv) {
-      if (has_next) {
-        cp_async_wait<1>();  // V_n has landed (K_{n+1} may still be in flight)
-      } else {
-        cp_async_wait<0>();
-      }
-      __syncthreads();
-    }
-
     // O += P V: P (16 x kBlockN per slab) as A fragments, one k16 step per pair of S tiles.
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -410,12 +399,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           mma_16816<Element>(acc_o[s][nt + 1], p_frag[s], b[2], b[3]);
         }
       }
-    }
-    if (has_qv && has_next) {
-      __syncthreads();  // every warp is done with K_n and V_n
-      load_k(n_block + 1);
-      load_v(n_block + 1);
-      cp_async_commit();
     }
   }
 

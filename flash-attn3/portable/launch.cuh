@@ -6,30 +6,48 @@
 
 namespace sgl_fa3::portable {
 
-// Tile per (d, dv): kBlockM, kBlockN, row warps, column warps, Q fragments kept in registers.
-// Reasons: with one 16-row slab per warp every K/V fragment loaded by ldmatrix feeds only two
+// Tiles per (d, dv): kM, kN, row warps, column warps, Q fragments in registers, K/V stages.
+//
+// Prefill. With one 16-row slab per warp every K/V fragment loaded by ldmatrix feeds only two
 // MMAs and the loop is bound by shared-memory bandwidth, so small head dims give each warp two
-// slabs (kBlockM 128 over 4 warps). Large head dims cannot hold two slabs of O in registers and
-// use 8 warps of one slab. Q stays in registers only where it fits next to O and S (d64).
-// dv 512 splits the output columns over two column warps (O would need 256 registers).
+// slabs (kM 128 over 4 warps). Large head dims cannot hold two slabs of O in registers and use
+// 8 warps of one slab; d128 takes kN 32 to keep two slabs of O and S within 255 registers.
+// Q stays in registers only where it fits next to O and S (d64). Absorbed MLA (64 -> 256/512)
+// splits the output columns over column warps (O would need 128-256 registers per thread).
+// Two stages: the next K/V block loads while the current one is computed.
+//
+// Decode (at most 16 rows after GQA packing). One 16-row slab; four column warps split the
+// output columns and recompute the (cheap) scores, so the tile costs few registers and a CTA
+// keeps three K/V blocks (~100 KB) in flight: two CTAs per SM then cover the memory latency.
+// d96 splits its 96 columns over two warps (column slices must be multiples of 16).
 template <int kD, int kDV>
-struct Tile;
-template <> struct Tile<64, 64>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1; static constexpr bool kQInRegs = true; };
-template <> struct Tile<96, 96>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1; static constexpr bool kQInRegs = false; };
-template <> struct Tile<128, 128> { static constexpr int kM = 128, kN = 32, kRowWarps = 4, kColWarps = 1; static constexpr bool kQInRegs = false; };
-template <> struct Tile<192, 192> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1; static constexpr bool kQInRegs = false; };
-template <> struct Tile<192, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1; static constexpr bool kQInRegs = false; };
-template <> struct Tile<256, 256> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1; static constexpr bool kQInRegs = false; };
-template <> struct Tile<64, 256>  { static constexpr int kM = 64, kN = 64, kRowWarps = 4, kColWarps = 2; static constexpr bool kQInRegs = false; };
-template <> struct Tile<64, 512>  { static constexpr int kM = 64, kN = 32, kRowWarps = 4, kColWarps = 2; static constexpr bool kQInRegs = false; };
+struct PrefillTile;
+// clang-format off
+template <> struct PrefillTile<64, 64>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kStages = 2; static constexpr bool kQInRegs = true; };
+template <> struct PrefillTile<96, 96>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<128, 128> { static constexpr int kM = 128, kN = 32, kRowWarps = 4, kColWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<192, 192> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<192, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<256, 256> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<64, 256>  { static constexpr int kM = 64,  kN = 64, kRowWarps = 4, kColWarps = 2, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<64, 512>  { static constexpr int kM = 64,  kN = 32, kRowWarps = 4, kColWarps = 2, kStages = 2; static constexpr bool kQInRegs = false; };
 
-template <typename Element, int kD, int kDV>
-using TraitsFor = FwdTraits<Element, kD, kDV, Tile<kD, kDV>::kM, Tile<kD, kDV>::kN, Tile<kD, kDV>::kRowWarps,
-                            Tile<kD, kDV>::kColWarps, Tile<kD, kDV>::kQInRegs>;
+template <int kD, int kDV>
+struct DecodeTile {
+  static constexpr int kM = 16, kRowWarps = 1;
+  static constexpr int kColWarps = (kDV / 4) % 16 == 0 ? 4 : 2;
+  static constexpr int kN = kD + kDV >= 384 ? 32 : 64;  // keep three stages near 100 KB
+  static constexpr int kStages = kD + kDV > 600 ? 2 : 3;
+  static constexpr bool kQInRegs = kD <= 128;
+};
+// clang-format on
 
-template <typename Element, int kD, int kDV>
+template <typename Element, int kD, int kDV, typename Tile>
+using TraitsFor = FwdTraits<Element, kD, kDV, Tile::kM, Tile::kN, Tile::kRowWarps, Tile::kColWarps, Tile::kQInRegs,
+                            Tile::kStages>;
+
+template <typename Traits>
 cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
-  using Traits = TraitsFor<Element, kD, kDV>;
   auto* kernel = &fwd_kernel<Traits>;
   constexpr int kSmem = Traits::kSmemBytes;
   if constexpr (kSmem > 48 * 1024) {
@@ -46,18 +64,25 @@ cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+template <typename Element, int kD, int kDV, typename Tile>
+constexpr FwdKernel kernel_entry() {
+  return FwdKernel{&run_fwd<TraitsFor<Element, kD, kDV, Tile>>, Tile::kM, Tile::kN};
+}
+
 template <typename Element>
 constexpr DType dtype_of() {
   return std::is_same_v<Element, __half> ? DType::kFloat16 : DType::kBFloat16;
 }
 
-// Registers run_fwd<Element, kD, kDV> under its key when the library loads.
-#define SGL_FA3_REGISTER_PORTABLE_FWD(ELEMENT, HEAD_DIM, HEAD_DIM_V)                                  \
-  static const ::sgl_fa3::FwdRegistration sgl_fa3_portable_fwd_registration{                        \
-      ::sgl_fa3::KernelKey{::sgl_fa3::Family::kPortable, ::sgl_fa3::portable::dtype_of<ELEMENT>(),   \
-                           HEAD_DIM, HEAD_DIM_V},                                                    \
-      ::sgl_fa3::FwdKernel{&::sgl_fa3::portable::run_fwd<ELEMENT, HEAD_DIM, HEAD_DIM_V>,             \
-                           ::sgl_fa3::portable::Tile<HEAD_DIM, HEAD_DIM_V>::kM,                     \
-                           ::sgl_fa3::portable::Tile<HEAD_DIM, HEAD_DIM_V>::kN}};
+// Registers the prefill and decode kernels of (Element, kD, kDV) when the library loads.
+#define SGL_FA3_REGISTER_PORTABLE_FWD(ELEMENT, HEAD_DIM, HEAD_DIM_V)                                            \
+  static const ::sgl_fa3::FwdRegistration sgl_fa3_portable_fwd_registration{                                  \
+      ::sgl_fa3::KernelKey{::sgl_fa3::Family::kPortable, ::sgl_fa3::portable::dtype_of<ELEMENT>(), HEAD_DIM,   \
+                           HEAD_DIM_V},                                                                       \
+      ::sgl_fa3::FwdKernels{                                                                                  \
+          ::sgl_fa3::portable::kernel_entry<ELEMENT, HEAD_DIM, HEAD_DIM_V,                                    \
+                                            ::sgl_fa3::portable::PrefillTile<HEAD_DIM, HEAD_DIM_V>>(),        \
+          ::sgl_fa3::portable::kernel_entry<ELEMENT, HEAD_DIM, HEAD_DIM_V,                                    \
+                                            ::sgl_fa3::portable::DecodeTile<HEAD_DIM, HEAD_DIM_V>>()}};
 
 }  // namespace sgl_fa3::portable
