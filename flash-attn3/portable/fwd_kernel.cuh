@@ -46,7 +46,10 @@ struct FwdTraits {
   static constexpr int kSmemK = kBlockN * kRowQ;
   static constexpr int kSmemV = kBlockN * kRowV;
   static constexpr int kSmemStage = kSmemK + kSmemV;  // one K/V block
-  static constexpr int kSmemBytes = (kSmemQ + kSmemQv + kStages * kSmemStage) * int(sizeof(Element));
+  // Paged KV: page ids of the next blocks' key rows, double-buffered, (2, kBlockN) int32.
+  static constexpr int kSmemPageIds = 2 * kBlockN * int(sizeof(int));
+  static constexpr int kSmemBytes =
+      (kSmemQ + kSmemQv + kStages * kSmemStage) * int(sizeof(Element)) + kSmemPageIds;
 
   static_assert(kMSlabs * 16 * kRowWarps == kBlockM, "row warps must tile kBlockM in 16-row slabs");
   static_assert(kD % 16 == 0 && kDV % 16 == 0, "head dims must be multiples of the mma k (16)");
@@ -107,11 +110,14 @@ struct KVRows {
   int64_t batch_stride, row_stride;
   const int* pages;  // page-table row of this batch row, or nullptr
   int page_size, b_kv, k_start;
-  __device__ const Element* row(int j) const {
+  __device__ int page(int j) const { return pages[(k_start + j) / page_size]; }
+  // `page_id`: page(j) when already fetched (paged only).
+  __device__ const Element* row(int j, int page_id) const {
     const int slot = k_start + j;
-    if (pages) return base + int64_t(pages[slot / page_size]) * batch_stride + int64_t(slot % page_size) * row_stride;
+    if (pages) return base + int64_t(page_id) * batch_stride + int64_t(slot % page_size) * row_stride;
     return base + int64_t(b_kv) * batch_stride + int64_t(slot) * row_stride;
   }
+  __device__ const Element* row(int j) const { return row(j, pages ? page(j) : 0); }
 };
 
 // Copies rows [0, rows_valid) of a (kRows, kCols) tile into padded shared memory (row stride
@@ -185,6 +191,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   Element* sQ = reinterpret_cast<Element*>(smem_raw);
   Element* sQv = sQ + Traits::kSmemQ;
   Element* sKV = sQv + Traits::kSmemQv;  // kStages x (K block, V block)
+  int* sPageIds = reinterpret_cast<int*>(sKV + Traits::kStages * Traits::kSmemStage);
 
   const int num_m_blocks = (gridDim.x + params.num_splits - 1) / params.num_splits;
   const int m_block = blockIdx.x % num_m_blocks, split = blockIdx.x / num_m_blocks;
@@ -232,14 +239,25 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const KVRows<Element> v_rows{
       static_cast<const Element*>(params.v) + kv_head * params.v_head_stride, params.v_batch_stride,
       params.v_row_stride, k_rows.pages, params.page_size, seq.b_kv, seq.k_start};
-  // Block n_block -> ring stage `stage`: K (kBlockN, kD) then V (kBlockN, kDV).
-  auto load_block = [&](int n_block, int stage) {
+  // Block n_block -> ring stage `stage`: K (kBlockN, kD) then V (kBlockN, kDV). With a page
+  // table, `ids` holds the page of each key row (fetched an iteration earlier, so the dependent
+  // page-table load is off the issue path); without it the rows are looked up here.
+  const bool paged = k_rows.pages != nullptr;
+  auto load_block = [&](int n_block, int stage, const int* ids) {
     const int key0 = n_block * kBlockN;
     Element* sK = sKV + stage * Traits::kSmemStage;
-    load_tile<kNThreads, kBlockN, kD, kRowQ>(sK, [&](int r) { return k_rows.row(key0 + r); }, seq.seqlen_k - key0);
-    load_tile<kNThreads, kBlockN, kDV, kRowV>(sK + Traits::kSmemK, [&](int r) { return v_rows.row(key0 + r); },
-                                             seq.seqlen_k - key0);
+    auto k_row = [&](int r) { return ids ? k_rows.row(key0 + r, ids[r]) : k_rows.row(key0 + r); };
+    auto v_row = [&](int r) { return ids ? v_rows.row(key0 + r, ids[r]) : v_rows.row(key0 + r); };
+    load_tile<kNThreads, kBlockN, kD, kRowQ>(sK, k_row, seq.seqlen_k - key0);
+    load_tile<kNThreads, kBlockN, kDV, kRowV>(sK + Traits::kSmemK, v_row, seq.seqlen_k - key0);
   };
+  // Page ids of block n_block's rows into buffer n_block % 2 (rows past the end: page 0, unread).
+  auto fetch_page_ids = [&](int n_block) {
+    const int key0 = n_block * kBlockN;
+    for (int r = threadIdx.x; r < kBlockN; r += kNThreads)
+      sPageIds[(n_block % 2) * kBlockN + r] = key0 + r < seq.seqlen_k ? k_rows.page(key0 + r) : 0;
+  };
+  auto page_ids = [&](int n_block) -> const int* { return paged ? sPageIds + (n_block % 2) * kBlockN : nullptr; };
 
   // (kMSlabs, n8 tiles, 4) accumulators.
   float acc_o[kMSlabs][kNTilesO][4];
@@ -279,9 +297,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     // Prologue: Q joins the first group; blocks n_block_min .. + kStages - 2 go in flight.
 #pragma unroll
     for (int i = 0; i < Traits::kStages - 1; ++i) {
-      if (n_block_min + i < n_block_max) load_block(n_block_min + i, i);
+      if (n_block_min + i < n_block_max) load_block(n_block_min + i, i, nullptr);
       cp_async_commit();
     }
+    if (paged && n_block_min + Traits::kStages - 1 < n_block_max) fetch_page_ids(n_block_min + Traits::kStages - 1);
     if constexpr (Traits::kQInRegs) {
       cp_async_wait<Traits::kStages - 2>();
       __syncthreads();
@@ -299,9 +318,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     cp_async_wait<Traits::kStages - 2>();  // block n (and Q) has landed for this thread
     __syncthreads();  // ... for every thread; every warp is done with block n - 1's stage
     // Refill the stage block n - 1 used with block n + kStages - 1 (one group per iteration).
-    if (n_block + Traits::kStages - 1 < n_block_max)
-      load_block(n_block + Traits::kStages - 1, (it + Traits::kStages - 1) % Traits::kStages);
+    const int n_issue = n_block + Traits::kStages - 1;
+    if (n_issue < n_block_max) load_block(n_issue, (it + Traits::kStages - 1) % Traits::kStages, page_ids(n_issue));
     cp_async_commit();
+    // Page ids of the block after it: loaded now, stored after this block's math (latency hidden).
+    const int n_fetch = n_issue + 1;
+    const bool fetch = paged && n_fetch < n_block_max;
+    int fetched_id = 0;
+    const int fetch_row = n_fetch * kBlockN + int(threadIdx.x);
+    if (fetch && threadIdx.x < kBlockN && fetch_row < seq.seqlen_k) fetched_id = k_rows.page(fetch_row);
     const Element* sK = sKV + (it % Traits::kStages) * Traits::kSmemStage;
     const Element* sV = sK + Traits::kSmemK;
 
@@ -399,6 +424,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           mma_16816<Element>(acc_o[s][nt + 1], p_frag[s], b[2], b[3]);
         }
       }
+    }
+    if (fetch) {
+      if (threadIdx.x < kBlockN) sPageIds[(n_fetch % 2) * kBlockN + threadIdx.x] = fetched_id;
+      for (int r = threadIdx.x + kNThreads; r < kBlockN; r += kNThreads)  // CTAs narrower than a block
+        sPageIds[(n_fetch % 2) * kBlockN + r] = n_fetch * kBlockN + r < seq.seqlen_k ? k_rows.page(n_fetch * kBlockN + r) : 0;
     }
   }
 
