@@ -2,15 +2,17 @@
 //
 // One CTA = one tile of kBlockM query rows x one head (or, with pack_gqa, the heads of one kv
 // group folded into the rows) x one batch row x one KV split. Warps form a kRowWarps x
-// kColWarps grid: a warp owns kMSlabs 16-row slabs for the softmax and a kDV / kColWarps slice
-// of the output columns (column warps of the same rows recompute the same S, which keeps the
-// softmax statistics inside a quad of lanes and needs no exchange through shared memory).
+// kColWarps x kKeyWarps grid: a warp owns kMSlabs 16-row slabs, a kDV / kColWarps slice of the
+// output columns (column warps of the same rows recompute the same S) and a kBlockN / kKeyWarps
+// slice of every key block (key warps keep their own softmax statistics, merged at the end).
 //   Q (and qv) tile  smem (kBlockM, kD)       -> A fragments (registers or re-read per block)
 //   per key block n:
 //     S = Q K_n^T (+ Qv V_n^T)                (kBlockM, kBlockN) fp32 in registers
 //     softcap, mask, online softmax (running max m and sum l per row)
 //     O += P V_n                              P re-packed from the S registers
-//   O / l and LSE = m + log(l) -> global (sinks folded in), or per-split partials.
+//   epilogue: each warp's (m, l, O) -> smem, merged over key warps, normalised, then
+//   O / l and LSE = m + log(l) -> global with 16-byte stores (sinks folded in), or per-split
+//   fp32 partials.
 // K/V blocks stream through a ring of kStages shared-memory stages (cp.async groups): while
 // block n is computed, blocks n + 1 .. n + kStages - 1 are in flight.
 #pragma once
@@ -24,18 +26,19 @@
 namespace sgl_fa3::portable {
 
 template <typename Element_, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kRowWarps_,
-          int kColWarps_, bool kQInRegs_, int kStages_>
+          int kColWarps_, int kKeyWarps_, bool kQInRegs_, int kStages_>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kD = kD_, kDV = kDV_;
   static constexpr int kBlockM = kBlockM_, kBlockN = kBlockN_;
-  static constexpr int kRowWarps = kRowWarps_, kColWarps = kColWarps_;
+  static constexpr int kRowWarps = kRowWarps_, kColWarps = kColWarps_, kKeyWarps = kKeyWarps_;
   static constexpr bool kQInRegs = kQInRegs_;
   static constexpr int kStages = kStages_;
-  static constexpr int kNWarps = kRowWarps * kColWarps;
+  static constexpr int kNWarps = kRowWarps * kColWarps * kKeyWarps;
   static constexpr int kNThreads = kNWarps * 32;
   static constexpr int kMSlabs = kBlockM / (16 * kRowWarps);  // 16-row slabs per warp
   static constexpr int kDVPerWarp = kDV / kColWarps;
+  static constexpr int kKeysPerWarp = kBlockN / kKeyWarps;
   // Absorbed MLA (qv) only exists for d <= 64 with dv >= 256; only those tiles reserve smem.
   static constexpr bool kHasQvSmem = kD <= 64 && kDV >= 256;
   // Rows are padded by 16 bytes: consecutive rows start 4 banks apart, so the eight row
@@ -48,13 +51,18 @@ struct FwdTraits {
   static constexpr int kSmemStage = kSmemK + kSmemV;  // one K/V block
   // Paged KV: page ids of the next blocks' key rows, double-buffered, (2, kBlockN) int32.
   static constexpr int kSmemPageIds = 2 * kBlockN * int(sizeof(int));
-  static constexpr int kSmemBytes =
-      (kSmemQ + kSmemQv + kStages * kSmemStage) * int(sizeof(Element)) + kSmemPageIds;
+  static constexpr int kSmemMain = (kSmemQ + kSmemQv + kStages * kSmemStage) * int(sizeof(Element));
+  // Epilogue, reusing the main-loop smem: fp32 O of each key warp (rows padded by 8 floats so
+  // the fragment stores of 8 rows spread over the banks), then per-row max and sum.
+  static constexpr int kRowO = kDV + 8;
+  static constexpr int kSmemEpilogue = kKeyWarps * kBlockM * (kRowO + 2) * int(sizeof(float));
+  static constexpr int kSmemBytes = (kSmemMain > kSmemEpilogue ? kSmemMain : kSmemEpilogue) + kSmemPageIds;
 
   static_assert(kMSlabs * 16 * kRowWarps == kBlockM, "row warps must tile kBlockM in 16-row slabs");
   static_assert(kD % 16 == 0 && kDV % 16 == 0, "head dims must be multiples of the mma k (16)");
   static_assert(kDVPerWarp % 16 == 0, "each column warp owns whole pairs of n8 output tiles");
-  static_assert(kBlockN % 16 == 0, "key block must be a multiple of the mma k (16)");
+  static_assert(kKeysPerWarp % 16 == 0, "each key warp owns whole k16 steps of the key block");
+  static_assert(kColWarps == 1 || kKeyWarps == 1, "split the output columns or the keys, not both");
   static_assert(kStages >= 2, "the K/V ring needs a stage in flight besides the one computed on");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
 };
@@ -125,13 +133,14 @@ struct KVRows {
 template <int kNThreads, int kRows, int kCols, int kSmemRow, typename Element, typename RowAddr>
 __device__ __forceinline__ void load_tile(Element* smem, const RowAddr& row_addr, int rows_valid) {
   constexpr int kChunksPerRow = kCols * int(sizeof(Element)) / 16;
-  static_assert((kRows * kChunksPerRow) % kNThreads == 0, "tile copy must divide evenly");
-  constexpr int kIters = kRows * kChunksPerRow / kNThreads;
+  constexpr int kChunks = kRows * kChunksPerRow;
+  constexpr int kIters = (kChunks + kNThreads - 1) / kNThreads;
   // Callers guarantee rows_valid >= 1; row 0 stands in as the (unread) source of padding rows.
   const Element* fallback = row_addr(0);
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
     const int chunk = threadIdx.x + it * kNThreads;
+    if (kChunks % kNThreads != 0 && chunk >= kChunks) break;
     const int row = chunk / kChunksPerRow;
     const int col = (chunk % kChunksPerRow) * 8;
     const bool valid = row < rows_valid;
@@ -140,10 +149,10 @@ __device__ __forceinline__ void load_tile(Element* smem, const RowAddr& row_addr
 }
 
 // acc[s][n] += A_s B^T over kK: A rows from sA (row stride kRowA, this warp's slabs at
-// a_row0), B rows (keys) from sB (row stride kRowB). With kARegs the A fragments come from
+// a_row0), B rows (this warp's keys) from sB (row stride kRowB). With kARegs the A fragments come from
 // registers instead: a_regs is (kMSlabs, kK / 16, 4) flattened.
 template <typename Traits, int kK, int kRowA, int kRowB, bool kARegs>
-__device__ __forceinline__ void gemm_scores(float (&acc)[Traits::kMSlabs][Traits::kBlockN / 8][4],
+__device__ __forceinline__ void gemm_scores(float (&acc)[Traits::kMSlabs][Traits::kKeysPerWarp / 8][4],
                                             const typename Traits::Element* sA, int a_row0,
                                             const typename Traits::Element* sB, const uint32_t* a_regs,
                                             int lane) {
@@ -161,7 +170,7 @@ __device__ __forceinline__ void gemm_scores(float (&acc)[Traits::kMSlabs][Traits
       }
     }
 #pragma unroll
-    for (int nt = 0; nt < Traits::kBlockN / 8; nt += 2) {
+    for (int nt = 0; nt < Traits::kKeysPerWarp / 8; nt += 2) {
       // Matrices: (keys nt*8.., k lo), (keys nt*8.., k hi), (keys nt*8+8.., k lo), (.., k hi).
       uint32_t b[4];
       ldmatrix_x4(b, sB + (nt * 8 + lane % 8 + (lane / 16) * 8) * kRowB + kk * 16 + ((lane / 8) % 2) * 8);
@@ -181,7 +190,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
   constexpr int kD = Traits::kD, kDV = Traits::kDV, kMSlabs = Traits::kMSlabs;
   constexpr int kRowQ = Traits::kRowQ, kRowV = Traits::kRowV;
-  constexpr int kNTilesS = kBlockN / 8;                // n8 tiles of S per slab
+  constexpr int kNTilesS = Traits::kKeysPerWarp / 8;   // n8 tiles of S per slab
   constexpr int kNTilesO = Traits::kDVPerWarp / 8;     // n8 tiles of O per slab
   constexpr int kNThreads = Traits::kNThreads;
   constexpr float kLog2e = 1.4426950408889634f;
@@ -209,7 +218,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   if (row0 >= tile_rows) return;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row_warp = warp % Traits::kRowWarps, col_warp = warp / Traits::kRowWarps;
+  const int row_warp = warp % Traits::kRowWarps;
+  const int col_warp = (warp / Traits::kRowWarps) % Traits::kColWarps;
+  const int key_warp = warp / (Traits::kRowWarps * Traits::kColWarps);
+  const int warp_key0 = key_warp * Traits::kKeysPerWarp;  // this warp's keys within a block
   const int g = lane / 4, t = lane % 4;
   const int warp_row0 = row_warp * 16 * kMSlabs;  // first tile row of this warp
 
@@ -336,9 +348,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
       for (int i = 0; i < kNTilesS; ++i) acc_s[s][i][0] = acc_s[s][i][1] = acc_s[s][i][2] = acc_s[s][i][3] = 0.f;
-    gemm_scores<Traits, kD, kRowQ, kRowQ, Traits::kQInRegs>(acc_s, sQ, warp_row0, sK, &q_frag[0][0][0], lane);
+    gemm_scores<Traits, kD, kRowQ, kRowQ, Traits::kQInRegs>(acc_s, sQ, warp_row0, sK + warp_key0 * kRowQ,
+                                                            &q_frag[0][0][0], lane);
     if constexpr (Traits::kHasQvSmem) {
-      if (has_qv) gemm_scores<Traits, kDV, kRowV, kRowV, false>(acc_s, sQv, warp_row0, sV, nullptr, lane);
+      if (has_qv)
+        gemm_scores<Traits, kDV, kRowV, kRowV, false>(acc_s, sQv, warp_row0, sV + warp_key0 * kRowV, nullptr, lane);
     }
     if (use_softcap) {
 #pragma unroll
@@ -364,7 +378,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           for (int i = 0; i < kNTilesS; ++i)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-              const int key = key0 + i * 8 + 2 * t + e;
+              const int key = key0 + warp_key0 + i * 8 + 2 * t + e;
               if (key < lo || key > hi) acc_s[s][i][2 * r + e] = -INFINITY;
             }
         }
@@ -401,9 +415,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
       }
 
-    // O += P V: P (16 x kBlockN per slab) as A fragments, one k16 step per pair of S tiles.
+    // O += P V: P (16 x kKeysPerWarp per slab) as A fragments, one k16 step per pair of S tiles.
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+    for (int kk = 0; kk < Traits::kKeysPerWarp / 16; ++kk) {
       uint32_t p_frag[kMSlabs][4];
 #pragma unroll
       for (int s = 0; s < kMSlabs; ++s) {
@@ -416,7 +430,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       for (int nt = 0; nt < kNTilesO; nt += 2) {
         // Matrices: (keys lo, d nt*8..), (keys hi, d nt*8..), (keys lo, d +8), (keys hi, d +8).
         uint32_t b[4];
-        ldmatrix_x4_trans(b, sV + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kRowV +
+        ldmatrix_x4_trans(b, sV + (warp_key0 + kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kRowV +
                                  col_warp * Traits::kDVPerWarp + nt * 8 + (lane / 16) * 8);
 #pragma unroll
         for (int s = 0; s < kMSlabs; ++s) {
@@ -432,47 +446,86 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
   }
 
-  // Epilogue: normalise, fold in the sink (final output only), write O and LSE.
-  Element* gO = static_cast<Element*>(params.o) + seq.o_offset;
+  // Epilogue. Each warp parks its unnormalised O and its row statistics (max in log2 units, sum)
+  // in smem; then every thread merges the key warps for 4 columns of a row at a time, folds in
+  // the sink (final output only) and writes 16-byte chunks.
+  cp_async_wait<0>();
+  __syncthreads();  // the main-loop smem is free
+  float* sO = reinterpret_cast<float*>(smem_raw);                             // (kKeyWarps, kBlockM, kRowO)
+  float* sMax = sO + Traits::kKeyWarps * kBlockM * Traits::kRowO;            // (kKeyWarps, kBlockM)
+  float* sSum = sMax + Traits::kKeyWarps * kBlockM;                          // (kKeyWarps, kBlockM)
 #pragma unroll
   for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int tr = row0 + warp_row0 + s * 16 + g + 8 * r;
-      const int query = rows.query(tr), head = rows.head(tr);
+      const int row = warp_row0 + s * 16 + g + 8 * r;
       float sum = row_sum[s][r];
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      // Row max in natural-log units (scale and softcap already applied).
-      const float m_nat = row_max[s][r] == -INFINITY ? -INFINITY : row_max[s][r] * score_to_log2 * kLn2;
-      const float sink = params.sinks && !partial ? params.sinks[head] : -INFINITY;
-      const float m_all = fmaxf(m_nat, sink);
-      float o_scale = 0.f, lse = -INFINITY;
-      if (m_all != -INFINITY) {
-        const float kept = expf(m_nat - m_all);  // 0 when the row saw no key
-        const float total = sum * kept + expf(sink - m_all);
-        o_scale = kept / total;
-        lse = m_all + logf(total);
-      }
-      if (tr > last_row) continue;
-      const int64_t lse_index = seq.lse_offset + int64_t(head) * params.lse_head_stride + query;
-      const int col0 = col_warp * Traits::kDVPerWarp + 2 * t;
-      if (partial) {
-        float* out_row = params.o_partial + (int64_t(split) * params.lse_rows + lse_index) * kDV + col0;
+      float* o_row = sO + (key_warp * kBlockM + row) * Traits::kRowO + col_warp * Traits::kDVPerWarp + 2 * t;
 #pragma unroll
-        for (int i = 0; i < kNTilesO; ++i)
-          *reinterpret_cast<float2*>(out_row + i * 8) =
-              make_float2(acc_o[s][i][2 * r] * o_scale, acc_o[s][i][2 * r + 1] * o_scale);
-        if (t == 0 && col_warp == 0) params.lse_partial[int64_t(split) * params.lse_rows + lse_index] = lse;
-      } else {
-        Element* out_row = gO + int64_t(query) * params.o_row_stride + int64_t(head) * params.o_head_stride + col0;
-#pragma unroll
-        for (int i = 0; i < kNTilesO; ++i)
-          *reinterpret_cast<uint32_t*>(out_row + i * 8) =
-              ElementTraits<Element>::pack(acc_o[s][i][2 * r] * o_scale, acc_o[s][i][2 * r + 1] * o_scale);
-        if (t == 0 && col_warp == 0) params.lse[lse_index] = lse;
+      for (int i = 0; i < kNTilesO; ++i)
+        *reinterpret_cast<float2*>(o_row + i * 8) = make_float2(acc_o[s][i][2 * r], acc_o[s][i][2 * r + 1]);
+      if (t == 0 && col_warp == 0) {
+        sMax[key_warp * kBlockM + row] = row_max[s][r] == -INFINITY ? -INFINITY : row_max[s][r] * score_to_log2;
+        sSum[key_warp * kBlockM + row] = sum;
       }
     }
+  __syncthreads();
+
+  constexpr int kCols = 8;  // columns per step: one 16-byte store of the output
+  constexpr int kChunks = kDV / kCols;
+  static_assert(kDV % kCols == 0, "the epilogue writes 8 output columns at a time");
+  const int rows_here = last_row - row0 + 1;
+  Element* gO = static_cast<Element*>(params.o) + seq.o_offset;
+  for (int idx = threadIdx.x; idx < rows_here * kChunks; idx += kNThreads) {
+    const int row = idx / kChunks, col = (idx % kChunks) * kCols;
+    const int query = rows.query(row0 + row), head = rows.head(row0 + row);
+    float m_log2 = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < Traits::kKeyWarps; ++w) m_log2 = fmaxf(m_log2, sMax[w * kBlockM + row]);
+    float sum = 0.f, acc[kCols] = {};
+    if (m_log2 != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < Traits::kKeyWarps; ++w) {
+        const float scale = exp2f(sMax[w * kBlockM + row] - m_log2);  // 0 for warps that saw no key
+        const float* o = sO + (w * kBlockM + row) * Traits::kRowO + col;
+        sum += scale * sSum[w * kBlockM + row];
+#pragma unroll
+        for (int c = 0; c < kCols; c += 4) {
+          const float4 v = *reinterpret_cast<const float4*>(o + c);
+          acc[c] += scale * v.x, acc[c + 1] += scale * v.y, acc[c + 2] += scale * v.z, acc[c + 3] += scale * v.w;
+        }
+      }
+    }
+    // Natural-log units; the sink enters the final output only (the combine adds it to splits).
+    const float m_nat = m_log2 * kLn2;
+    const float sink = params.sinks && !partial ? params.sinks[head] : -INFINITY;
+    const float m_all = fmaxf(m_nat, sink);
+    float o_scale = 0.f, lse = -INFINITY;
+    if (m_all != -INFINITY) {
+      const float kept = m_nat == -INFINITY ? 0.f : expf(m_nat - m_all);
+      const float total = sum * kept + expf(sink - m_all);
+      o_scale = kept / total;
+      lse = m_all + logf(total);
+    }
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) acc[c] *= o_scale;
+    const int64_t lse_index = seq.lse_offset + int64_t(head) * params.lse_head_stride + query;
+    if (partial) {
+      float* out = params.o_partial + (int64_t(split) * params.lse_rows + lse_index) * kDV + col;
+#pragma unroll
+      for (int c = 0; c < kCols; c += 4)
+        *reinterpret_cast<float4*>(out + c) = make_float4(acc[c], acc[c + 1], acc[c + 2], acc[c + 3]);
+      if (col == 0) params.lse_partial[int64_t(split) * params.lse_rows + lse_index] = lse;
+    } else {
+      Element* out = gO + int64_t(query) * params.o_row_stride + int64_t(head) * params.o_head_stride + col;
+      *reinterpret_cast<uint4*>(out) =
+          make_uint4(ElementTraits<Element>::pack(acc[0], acc[1]), ElementTraits<Element>::pack(acc[2], acc[3]),
+                     ElementTraits<Element>::pack(acc[4], acc[5]), ElementTraits<Element>::pack(acc[6], acc[7]));
+      if (col == 0) params.lse[lse_index] = lse;
+    }
+  }
 }
 
 }  // namespace sgl_fa3::portable

@@ -16,35 +16,37 @@ namespace sgl_fa3::portable {
 // splits the output columns over column warps (O would need 128-256 registers per thread).
 // Two stages: the next K/V block loads while the current one is computed.
 //
-// Decode (at most 16 rows after GQA packing). One 16-row slab; four column warps split the
-// output columns and recompute the (cheap) scores, so the tile costs few registers and a CTA
-// keeps three K/V blocks (~100 KB) in flight: two CTAs per SM then cover the memory latency.
-// d96 splits its 96 columns over two warps (column slices must be multiples of 16).
+// Decode (at most 16 rows after GQA packing). One 16-row slab, four warps splitting each key
+// block, and three K/V stages (~100 KB) in flight per CTA: two CTAs per SM cover the memory
+// latency.
 template <int kD, int kDV>
 struct PrefillTile;
 // clang-format off
-template <> struct PrefillTile<64, 64>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kStages = 2; static constexpr bool kQInRegs = true; };
-template <> struct PrefillTile<96, 96>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<128, 128> { static constexpr int kM = 128, kN = 32, kRowWarps = 4, kColWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<192, 192> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<192, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<256, 256> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<64, 256>  { static constexpr int kM = 64,  kN = 64, kRowWarps = 4, kColWarps = 2, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<64, 512>  { static constexpr int kM = 64,  kN = 32, kRowWarps = 4, kColWarps = 2, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<64, 64>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = true; };
+template <> struct PrefillTile<96, 96>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<128, 128> { static constexpr int kM = 128, kN = 32, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<192, 192> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<192, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<256, 256> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<64, 256>  { static constexpr int kM = 64,  kN = 64, kRowWarps = 4, kColWarps = 2, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<64, 512>  { static constexpr int kM = 64,  kN = 32, kRowWarps = 4, kColWarps = 2, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
 
 template <int kD, int kDV>
 struct DecodeTile {
   static constexpr int kM = 16, kRowWarps = 1;
-  static constexpr int kColWarps = (kDV / 4) % 16 == 0 ? 4 : 2;
-  static constexpr int kN = kD + kDV >= 384 ? 32 : 64;  // keep three stages near 100 KB
+  // Four warps split each key block (no duplicated work, softmax statistics merged at the end);
+  // dv 512 cannot park four warps' O in smem and splits its output columns instead.
+  static constexpr int kKeyWarps = kDV <= 256 ? 4 : 1;
+  static constexpr int kColWarps = kDV <= 256 ? 1 : 4;
+  static constexpr int kN = kD + kDV >= 384 && kKeyWarps == 1 ? 32 : 64;  // three stages near 100 KB
   static constexpr int kStages = kD + kDV > 600 ? 2 : 3;
   static constexpr bool kQInRegs = kD <= 128;
 };
 // clang-format on
 
 template <typename Element, int kD, int kDV, typename Tile>
-using TraitsFor = FwdTraits<Element, kD, kDV, Tile::kM, Tile::kN, Tile::kRowWarps, Tile::kColWarps, Tile::kQInRegs,
-                            Tile::kStages>;
+using TraitsFor = FwdTraits<Element, kD, kDV, Tile::kM, Tile::kN, Tile::kRowWarps, Tile::kColWarps, Tile::kKeyWarps,
+                            Tile::kQInRegs, Tile::kStages>;
 
 template <typename Traits>
 cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
