@@ -49,14 +49,15 @@ struct FwdTraits {
   static constexpr int kSmemK = kBlockN * kRowQ;
   static constexpr int kSmemV = kBlockN * kRowV;
   static constexpr int kSmemStage = kSmemK + kSmemV;  // one K/V block
-  // Paged KV: page ids of the next blocks' key rows, double-buffered, (2, kBlockN) int32.
-  static constexpr int kSmemPageIds = 2 * kBlockN * int(sizeof(int));
+  // Paged KV: element offsets of each key row of the next blocks, one buffer per stage,
+  // (kStages, 2 = K / V, kBlockN) int64.
+  static constexpr int kSmemRowOffsets = kStages * 2 * kBlockN * int(sizeof(int64_t));
   static constexpr int kSmemMain = (kSmemQ + kSmemQv + kStages * kSmemStage) * int(sizeof(Element));
   // Epilogue, reusing the main-loop smem: fp32 O of each key warp (rows padded by 8 floats so
   // the fragment stores of 8 rows spread over the banks), then per-row max and sum.
   static constexpr int kRowO = kDV + 8;
   static constexpr int kSmemEpilogue = kKeyWarps * kBlockM * (kRowO + 2) * int(sizeof(float));
-  static constexpr int kSmemBytes = (kSmemMain > kSmemEpilogue ? kSmemMain : kSmemEpilogue) + kSmemPageIds;
+  static constexpr int kSmemBytes = (kSmemMain > kSmemEpilogue ? kSmemMain : kSmemEpilogue) + kSmemRowOffsets;
 
   static_assert(kMSlabs * 16 * kRowWarps == kBlockM, "row warps must tile kBlockM in 16-row slabs");
   static_assert(kD % 16 == 0 && kDV % 16 == 0, "head dims must be multiples of the mma k (16)");
@@ -111,40 +112,50 @@ struct RowMap {
   __device__ int head(int r) const { return packed ? head0 + r % group : head0; }
 };
 
-// Address of key row j (0-based after left padding) of this CTA's kv head.
-template <typename Element>
-struct KVRows {
-  const Element* base;  // tensor base + kv head offset
-  int64_t batch_stride, row_stride;
+// Where the key rows of this CTA's kv head live. Unpaged rows are `row_stride` apart from the
+// batch row's first key; paged row j sits in page page_table[j / page_size].
+struct KVLayout {
   const int* pages;  // page-table row of this batch row, or nullptr
-  int page_size, b_kv, k_start;
-  __device__ int page(int j) const { return pages[(k_start + j) / page_size]; }
-  // `page_id`: page(j) when already fetched (paged only).
-  __device__ const Element* row(int j, int page_id) const {
-    const int slot = k_start + j;
-    if (pages) return base + int64_t(page_id) * batch_stride + int64_t(slot % page_size) * row_stride;
-    return base + int64_t(b_kv) * batch_stride + int64_t(slot) * row_stride;
+  int page_size;
+  int64_t k_batch_stride, k_row_stride, v_batch_stride, v_row_stride;
+  // Element offsets of paged key row j in K and V (from the tensor base + head offset).
+  __device__ void paged_offsets(int j, int64_t& k_off, int64_t& v_off) const {
+    const int64_t page = pages[j / page_size], slot = j % page_size;
+    k_off = page * k_batch_stride + slot * k_row_stride;
+    v_off = page * v_batch_stride + slot * v_row_stride;
   }
-  __device__ const Element* row(int j) const { return row(j, pages ? page(j) : 0); }
 };
 
 // Copies rows [0, rows_valid) of a (kRows, kCols) tile into padded shared memory (row stride
 // kSmemRow); rows past the end are zero-filled so no stale or NaN data reaches the MMA.
+// `src(row)` is the global address of a row; callers guarantee rows_valid >= 1 (row 0 stands in
+// as the unread source of padding rows). When the CTA's threads cover whole rows, each thread
+// keeps one column and walks rows kNThreads / kChunksPerRow apart.
 template <int kNThreads, int kRows, int kCols, int kSmemRow, typename Element, typename RowAddr>
-__device__ __forceinline__ void load_tile(Element* smem, const RowAddr& row_addr, int rows_valid) {
+__device__ __forceinline__ void load_tile(Element* smem, const RowAddr& src, int rows_valid) {
   constexpr int kChunksPerRow = kCols * int(sizeof(Element)) / 16;
   constexpr int kChunks = kRows * kChunksPerRow;
   constexpr int kIters = (kChunks + kNThreads - 1) / kNThreads;
-  // Callers guarantee rows_valid >= 1; row 0 stands in as the (unread) source of padding rows.
-  const Element* fallback = row_addr(0);
+  const Element* fallback = src(0);
+  if constexpr (kNThreads % kChunksPerRow == 0 && kChunks % kNThreads == 0) {
+    constexpr int kRowStep = kNThreads / kChunksPerRow;
+    const int row0 = threadIdx.x / kChunksPerRow, col = (threadIdx.x % kChunksPerRow) * 8;
 #pragma unroll
-  for (int it = 0; it < kIters; ++it) {
-    const int chunk = threadIdx.x + it * kNThreads;
-    if (kChunks % kNThreads != 0 && chunk >= kChunks) break;
-    const int row = chunk / kChunksPerRow;
-    const int col = (chunk % kChunksPerRow) * 8;
-    const bool valid = row < rows_valid;
-    cp_async_16(smem + row * kSmemRow + col, (valid ? row_addr(row) : fallback) + col, valid);
+    for (int it = 0; it < kIters; ++it) {
+      const int row = row0 + it * kRowStep;
+      const bool valid = row < rows_valid;
+      cp_async_16(smem + row * kSmemRow + col, (valid ? src(row) : fallback) + col, valid);
+    }
+  } else {
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int chunk = threadIdx.x + it * kNThreads;
+      if (kChunks % kNThreads != 0 && chunk >= kChunks) break;
+      const int row = chunk / kChunksPerRow;
+      const int col = (chunk % kChunksPerRow) * 8;
+      const bool valid = row < rows_valid;
+      cp_async_16(smem + row * kSmemRow + col, (valid ? src(row) : fallback) + col, valid);
+    }
   }
 }
 
@@ -200,7 +211,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   Element* sQ = reinterpret_cast<Element*>(smem_raw);
   Element* sQv = sQ + Traits::kSmemQ;
   Element* sKV = sQv + Traits::kSmemQv;  // kStages x (K block, V block)
-  int* sPageIds = reinterpret_cast<int*>(sKV + Traits::kStages * Traits::kSmemStage);
+  // (kStages, 2, kBlockN) paged row offsets, past whichever of main loop / epilogue is larger.
+  int64_t* sRowOffsets =
+      reinterpret_cast<int64_t*>(smem_raw + Traits::kSmemBytes - Traits::kSmemRowOffsets);
 
   const int num_m_blocks = (gridDim.x + params.num_splits - 1) / params.num_splits;
   const int m_block = blockIdx.x % num_m_blocks, split = blockIdx.x / num_m_blocks;
@@ -243,33 +256,46 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const bool has_keys = n_block_min < n_block_max;
   const bool has_qv = Traits::kHasQvSmem && params.qv != nullptr;
 
-  const KVRows<Element> k_rows{
-      static_cast<const Element*>(params.k) + kv_head * params.k_head_stride, params.k_batch_stride,
-      params.k_row_stride,
-      params.page_table ? params.page_table + batch * params.page_table_batch_stride : nullptr,
-      params.page_size, seq.b_kv, seq.k_start};
-  const KVRows<Element> v_rows{
-      static_cast<const Element*>(params.v) + kv_head * params.v_head_stride, params.v_batch_stride,
-      params.v_row_stride, k_rows.pages, params.page_size, seq.b_kv, seq.k_start};
-  // Block n_block -> ring stage `stage`: K (kBlockN, kD) then V (kBlockN, kDV). With a page
-  // table, `ids` holds the page of each key row (fetched an iteration earlier, so the dependent
-  // page-table load is off the issue path); without it the rows are looked up here.
-  const bool paged = k_rows.pages != nullptr;
-  auto load_block = [&](int n_block, int stage, const int* ids) {
+  const Element* gK = static_cast<const Element*>(params.k) + kv_head * params.k_head_stride;
+  const Element* gV = static_cast<const Element*>(params.v) + kv_head * params.v_head_stride;
+  const KVLayout kv{params.page_table ? params.page_table + batch * params.page_table_batch_stride : nullptr,
+                    params.page_size, params.k_batch_stride, params.k_row_stride, params.v_batch_stride,
+                    params.v_row_stride};
+  const bool paged = kv.pages != nullptr;
+  if (!paged) {  // unpaged rows: one base per batch row (paged k/v never have a start offset)
+    gK += seq.b_kv * params.k_batch_stride + int64_t(seq.k_start) * params.k_row_stride;
+    gV += seq.b_kv * params.v_batch_stride + int64_t(seq.k_start) * params.v_row_stride;
+  }
+  // Block n_block -> ring stage `stage`: K (kBlockN, kD) then V (kBlockN, kDV). Paged row offsets
+  // come from the stage's smem buffer, filled one or more iterations earlier so that the
+  // dependent page-table loads (and the divisions by the page size) stay off the issue path.
+  auto load_block = [&](int n_block, int stage) {
     const int key0 = n_block * kBlockN;
     Element* sK = sKV + stage * Traits::kSmemStage;
-    auto k_row = [&](int r) { return ids ? k_rows.row(key0 + r, ids[r]) : k_rows.row(key0 + r); };
-    auto v_row = [&](int r) { return ids ? v_rows.row(key0 + r, ids[r]) : v_rows.row(key0 + r); };
-    load_tile<kNThreads, kBlockN, kD, kRowQ>(sK, k_row, seq.seqlen_k - key0);
-    load_tile<kNThreads, kBlockN, kDV, kRowV>(sK + Traits::kSmemK, v_row, seq.seqlen_k - key0);
+    const int rows_valid = seq.seqlen_k - key0;
+    if (paged) {
+      const int64_t* offs = sRowOffsets + stage * 2 * kBlockN;
+      load_tile<kNThreads, kBlockN, kD, kRowQ>(sK, [&](int r) { return gK + offs[r]; }, rows_valid);
+      load_tile<kNThreads, kBlockN, kDV, kRowV>(sK + Traits::kSmemK, [&](int r) { return gV + offs[kBlockN + r]; },
+                                               rows_valid);
+    } else {
+      const Element* k0 = gK + int64_t(key0) * params.k_row_stride;
+      const Element* v0 = gV + int64_t(key0) * params.v_row_stride;
+      load_tile<kNThreads, kBlockN, kD, kRowQ>(sK, [&](int r) { return k0 + int64_t(r) * params.k_row_stride; },
+                                              rows_valid);
+      load_tile<kNThreads, kBlockN, kDV, kRowV>(
+          sK + Traits::kSmemK, [&](int r) { return v0 + int64_t(r) * params.v_row_stride; }, rows_valid);
+    }
   };
-  // Page ids of block n_block's rows into buffer n_block % 2 (rows past the end: page 0, unread).
-  auto fetch_page_ids = [&](int n_block) {
-    const int key0 = n_block * kBlockN;
-    for (int r = threadIdx.x; r < kBlockN; r += kNThreads)
-      sPageIds[(n_block % 2) * kBlockN + r] = key0 + r < seq.seqlen_k ? k_rows.page(key0 + r) : 0;
+  // Paged row offsets of block n_block into the buffer of `stage` (rows past the end: 0, unread).
+  auto store_row_offsets = [&](int n_block, int stage) {
+    for (int r = threadIdx.x; r < kBlockN; r += kNThreads) {
+      int64_t k_off = 0, v_off = 0;
+      if (n_block * kBlockN + r < seq.seqlen_k) kv.paged_offsets(n_block * kBlockN + r, k_off, v_off);
+      sRowOffsets[stage * 2 * kBlockN + r] = k_off;
+      sRowOffsets[stage * 2 * kBlockN + kBlockN + r] = v_off;
+    }
   };
-  auto page_ids = [&](int n_block) -> const int* { return paged ? sPageIds + (n_block % 2) * kBlockN : nullptr; };
 
   // (kMSlabs, n8 tiles, 4) accumulators.
   float acc_o[kMSlabs][kNTilesO][4];
@@ -307,12 +333,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           last_used - row0 + 1);
     }
     // Prologue: Q joins the first group; blocks n_block_min .. + kStages - 2 go in flight.
+    if (paged) {
+      for (int i = 0; i < Traits::kStages && n_block_min + i < n_block_max; ++i) store_row_offsets(n_block_min + i, i);
+      __syncthreads();
+    }
 #pragma unroll
     for (int i = 0; i < Traits::kStages - 1; ++i) {
-      if (n_block_min + i < n_block_max) load_block(n_block_min + i, i, nullptr);
+      if (n_block_min + i < n_block_max) load_block(n_block_min + i, i);
       cp_async_commit();
     }
-    if (paged && n_block_min + Traits::kStages - 1 < n_block_max) fetch_page_ids(n_block_min + Traits::kStages - 1);
     if constexpr (Traits::kQInRegs) {
       cp_async_wait<Traits::kStages - 2>();
       __syncthreads();
@@ -324,6 +353,22 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
   }
 
+  // Loop-invariant visibility: each thread's rows' [lo, hi] key bounds (empty for rows past
+  // seqused_q), and the tile-wide bounds that make a key block need no per-element test.
+  int key_bounds[kMSlabs][2][2];
+#pragma unroll
+  for (int s = 0; s < kMSlabs; ++s)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int tr = row0 + warp_row0 + s * 16 + g + 8 * r;
+      const bool attends = tr < used_rows;
+      key_bounds[s][r][0] = attends ? mask.lo(rows.query(tr)) : 1;
+      key_bounds[s][r][1] = attends ? mask.hi(rows.query(tr)) : 0;
+    }
+  const bool all_rows_used = last_used == last_row;
+  const int tile_lo_max = any_used ? mask.lo(rows.query(last_used)) : 0;
+  const int tile_hi_min = any_used ? mask.hi(rows.query(row0)) : -1;
+
   for (int n_block = n_block_min; n_block < n_block_max; ++n_block) {
     const int key0 = n_block * kBlockN;
     const int it = n_block - n_block_min;
@@ -331,14 +376,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     __syncthreads();  // ... for every thread; every warp is done with block n - 1's stage
     // Refill the stage block n - 1 used with block n + kStages - 1 (one group per iteration).
     const int n_issue = n_block + Traits::kStages - 1;
-    if (n_issue < n_block_max) load_block(n_issue, (it + Traits::kStages - 1) % Traits::kStages, page_ids(n_issue));
+    if (n_issue < n_block_max) load_block(n_issue, (it + Traits::kStages - 1) % Traits::kStages);
     cp_async_commit();
-    // Page ids of the block after it: loaded now, stored after this block's math (latency hidden).
-    const int n_fetch = n_issue + 1;
+    // Paged: the row offsets of block n + kStages go to this block's buffer (issued long ago). The
+    // page-table load is started here and only consumed after this block's math.
+    const int n_fetch = n_block + Traits::kStages, fetch_row = n_fetch * kBlockN + int(threadIdx.x);
     const bool fetch = paged && n_fetch < n_block_max;
-    int fetched_id = 0;
-    const int fetch_row = n_fetch * kBlockN + int(threadIdx.x);
-    if (fetch && threadIdx.x < kBlockN && fetch_row < seq.seqlen_k) fetched_id = k_rows.page(fetch_row);
+    int64_t fetched_k = 0, fetched_v = 0;
+    if (fetch && threadIdx.x < kBlockN && fetch_row < seq.seqlen_k) kv.paged_offsets(fetch_row, fetched_k, fetched_v);
     const Element* sK = sKV + (it % Traits::kStages) * Traits::kSmemStage;
     const Element* sV = sK + Traits::kSmemK;
 
@@ -363,25 +408,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           for (int e = 0; e < 4; ++e) acc_s[s][i][e] = params.softcap * tanhf(acc_s[s][i][e] * softcap_in);
     }
     // Per-element test only where some row of the tile may not see the whole key block.
-    const bool block_is_interior = last_used == last_row && key0 >= mask.lo(rows.query(last_row)) &&
-                                   key0 + kBlockN - 1 <= mask.hi(rows.query(row0));
-    if (!block_is_interior) {
+    if (!(all_rows_used && key0 >= tile_lo_max && key0 + kBlockN - 1 <= tile_hi_min)) {
 #pragma unroll
       for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int tr = row0 + warp_row0 + s * 16 + g + 8 * r;
-          const bool attends = tr < used_rows;
-          const int lo = attends ? mask.lo(rows.query(tr)) : 1;
-          const int hi = attends ? mask.hi(rows.query(tr)) : 0;
+        for (int r = 0; r < 2; ++r)
 #pragma unroll
           for (int i = 0; i < kNTilesS; ++i)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int key = key0 + warp_key0 + i * 8 + 2 * t + e;
-              if (key < lo || key > hi) acc_s[s][i][2 * r + e] = -INFINITY;
+              if (key < key_bounds[s][r][0] || key > key_bounds[s][r][1]) acc_s[s][i][2 * r + e] = -INFINITY;
             }
-        }
     }
 
     // Online softmax; the four lanes of a quad share a row.
@@ -440,9 +478,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
     }
     if (fetch) {
-      if (threadIdx.x < kBlockN) sPageIds[(n_fetch % 2) * kBlockN + threadIdx.x] = fetched_id;
-      for (int r = threadIdx.x + kNThreads; r < kBlockN; r += kNThreads)  // CTAs narrower than a block
-        sPageIds[(n_fetch % 2) * kBlockN + r] = n_fetch * kBlockN + r < seq.seqlen_k ? k_rows.page(n_fetch * kBlockN + r) : 0;
+      const int stage = it % Traits::kStages;
+      if (threadIdx.x < kBlockN) {
+        sRowOffsets[stage * 2 * kBlockN + threadIdx.x] = fetched_k;
+        sRowOffsets[stage * 2 * kBlockN + kBlockN + threadIdx.x] = fetched_v;
+      }
+      if (kNThreads < kBlockN) store_row_offsets(n_fetch, stage);  // CTAs narrower than a block
     }
   }
 
