@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Prefill forward throughput against cuDNN attention (SDPA) in the same process.
+"""Prefill forward throughput against a peer in the same process: cuDNN attention (SDPA,
+default) or torch's own FlashAttention-2 (--peer fa2).
 
     python scripts/bench_prefill.py --out benchmarks/results/prefill_sm90.csv
-    python scripts/bench_prefill.py --dtypes bf16 --hdims 64,128 --seqlens 1024,4096,16384
+    python scripts/bench_prefill.py --peer fa2 --dtypes bf16 --hdims 64,128 \
+        --out benchmarks/results/prefill_portable.csv
 
 Workload: batch * seqlen = 16k tokens, heads * d = 2048. FLOPs = 4 * b * h * sq * sk * d
 (2 * (d + dv) when dv != d), halved for causal. Times are medians of CUDA-event timings
@@ -23,7 +25,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
 ROOT = Path(__file__).resolve().parent.parent
-COLUMNS = "dtype,hdim,hdim_v,causal,seqlen,batch,nheads,ours_tflops,cudnn_tflops,ratio,gemm_tflops,device,date"
+PEERS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "fa2": SDPBackend.FLASH_ATTENTION}
+
+
+def columns(peer: str) -> list[str]:
+    return (f"dtype,hdim,hdim_v,causal,seqlen,batch,nheads,ours_tflops,{peer}_tflops,ratio,gemm_tflops,"
+            "device,date").split(",")
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TOKENS, HIDDEN = 16384, 2048
 
@@ -49,7 +57,7 @@ def attention_flops(batch: int, heads: int, seqlen: int, d: int, dv: int, causal
     return flops / 2 if causal else flops
 
 
-def measure(fa3, dtype: torch.dtype, d: int, dv: int, causal: bool, seqlen: int) -> tuple[float, float]:
+def measure(fa3, peer: SDPBackend, dtype: torch.dtype, d: int, dv: int, causal: bool, seqlen: int) -> tuple[float, float]:
     batch, heads = TOKENS // seqlen, HIDDEN // d
     q = torch.randn(batch, seqlen, heads, d, device="cuda", dtype=dtype)
     k = torch.randn(batch, seqlen, heads, d, device="cuda", dtype=dtype)
@@ -57,15 +65,16 @@ def measure(fa3, dtype: torch.dtype, d: int, dv: int, causal: bool, seqlen: int)
     out = torch.empty(batch, seqlen, heads, dv, device="cuda", dtype=dtype)
     ours_ms = median_ms(lambda: fa3.flash_attn_func(q, k, v, causal=causal, out=out))
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        cudnn_ms = median_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal))
+    with sdpa_kernel(peer):
+        peer_ms = median_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal))
     flops = attention_flops(batch, heads, seqlen, d, dv, causal)
-    return flops / ours_ms / 1e9, flops / cudnn_ms / 1e9
+    return flops / ours_ms / 1e9, flops / peer_ms / 1e9
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="CSV to write (printed either way)")
+    parser.add_argument("--peer", choices=sorted(PEERS), default="cudnn", help="SDPA backend to compare with")
     parser.add_argument("--dtypes", default="bf16,fp16")
     parser.add_argument("--hdims", default="64,96,128,192,256")
     parser.add_argument("--seqlens", default="512,1024,2048,4096,8192,16384")
@@ -82,18 +91,18 @@ def main() -> int:
             for causal in (False, True):
                 for seqlen in (int(x) for x in args.seqlens.split(",")):
                     try:
-                        ours, cudnn = measure(fa3, DTYPES[dname], d, d, causal, seqlen)
+                        ours, other = measure(fa3, PEERS[args.peer], DTYPES[dname], d, d, causal, seqlen)
                     except NotImplementedError as e:
                         print(f"# skip {dname} d{d}: {e}", file=sys.stderr)
                         break
                     rows.append([dname, d, d, int(causal), seqlen, TOKENS // seqlen, HIDDEN // d,
-                                 f"{ours:.1f}", f"{cudnn:.1f}", f"{ours / cudnn:.3f}", f"{gemm:.1f}", device, date])
+                                 f"{ours:.1f}", f"{other:.1f}", f"{ours / other:.3f}", f"{gemm:.1f}", device, date])
                     print(",".join(str(x) for x in rows[-1]), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(COLUMNS.split(","))
+            writer.writerow(columns(args.peer))
             writer.writerows(rows)
     return 0
 
