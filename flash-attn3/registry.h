@@ -28,6 +28,7 @@ using FwdLauncher = cudaError_t (*)(const FwdParams&, cudaStream_t);
 struct FwdKernel {
   FwdLauncher launch;
   int block_m, block_n;
+  int smem_bytes;  // dynamic shared memory per CTA
 };
 
 // The kernels of one key: a prefill tile and a 16-row decode tile.

@@ -259,3 +259,26 @@ def test_decode_step_in_cuda_graph(fa3):
         k_cache.copy_(k0), v_cache.copy_(v0)
         step()
         assert torch.equal(got, out)
+
+
+ALL_PAIRS = [(64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128), (64, 256), (64, 512)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dims", ALL_PAIRS, ids=[f"{d}-{dv}" for d, dv in ALL_PAIRS])
+@pytest.mark.parametrize("num_splits", [1, 3, 0])
+@pytest.mark.parametrize("sq", [1, 7, 40])
+def test_every_head_dim_pair_on_a_paged_cache(fa3, dtype, dims, num_splits, sq):
+    """Each (d, dv) instantiation, decode and prefill tiles, split or not, through a page table."""
+    torch.manual_seed(hash((dims, num_splits, sq)) % 2**31)
+    d, dv = dims
+    absorbed_mla = d == 64 and dv >= 256  # one latent kv head shared by every query head
+    b, h, h_k = 2, 8, 1 if absorbed_mla else 2
+    lengths = [sq + 400, sq + 5]
+    k_cache, v_cache, table = paged_cache(lengths, 16, h_k, d, dv, dtype)
+    qv = randn(b, sq, h, dv, dtype=dtype) if absorbed_mla else None
+    q = randn(b, sq, h, d, dtype=dtype)
+    seqlens = ints(lengths)
+    got, lse = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, qv=qv, cache_seqlens=seqlens, page_table=table,
+                                           causal=True, num_splits=num_splits, return_softmax_lse=True)
+    check(fa3, f"d{d}-{dv}", got, lse, q, k_cache, v_cache, qv=qv, seqused_k=seqlens, page_table=table, causal=True)

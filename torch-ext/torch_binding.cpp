@@ -237,6 +237,11 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     plan.use_combine = deterministic || num_splits > 1;
   }
   const sgl_fa3::FwdKernel& kernel = plan.decode ? kernels.decode : kernels.prefill;
+  int smem_limit = 0;
+  cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  STD_TORCH_CHECK(kernel.smem_bytes <= smem_limit, "head dim ", head_dim, " / v head dim ", head_dim_v, " needs ",
+                  kernel.smem_bytes / 1024, " KB of shared memory per block; this GPU allows ", smem_limit / 1024,
+                  " KB");
   p.pack_gqa = plan.pack_gqa;
   p.num_splits = plan.num_splits;
   p.n_blocks_per_split = plan.n_blocks_per_split;

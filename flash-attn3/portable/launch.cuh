@@ -11,7 +11,8 @@ namespace sgl_fa3::portable {
 // Prefill. With one 16-row slab per warp every K/V fragment loaded by ldmatrix feeds only two
 // MMAs and the loop is bound by shared-memory bandwidth, so small head dims give each warp two
 // slabs (kM 128 over 4 warps). Large head dims cannot hold two slabs of O in registers and use
-// 8 warps of one slab; d128 takes kN 32 to keep two slabs of O and S within 255 registers.
+// 8 warps of one slab; d128 takes kN 32 to keep two slabs of O and S within 255 registers, d256
+// to stay within the 163 KB of shared memory an A100 block can have.
 // Q stays in registers only where it fits next to O and S (d64). Absorbed MLA (64 -> 256/512)
 // splits the output columns over column warps (O would need 128-256 registers per thread).
 // Two stages: the next K/V block loads while the current one is computed.
@@ -27,7 +28,7 @@ template <> struct PrefillTile<96, 96>   { static constexpr int kM = 128, kN = 6
 template <> struct PrefillTile<128, 128> { static constexpr int kM = 128, kN = 32, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
 template <> struct PrefillTile<192, 192> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
 template <> struct PrefillTile<192, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<256, 256> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<256, 256> { static constexpr int kM = 128, kN = 32, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
 template <> struct PrefillTile<64, 256>  { static constexpr int kM = 64,  kN = 64, kRowWarps = 4, kColWarps = 2, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
 template <> struct PrefillTile<64, 512>  { static constexpr int kM = 64,  kN = 32, kRowWarps = 4, kColWarps = 2, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
 
@@ -68,7 +69,8 @@ cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
 
 template <typename Element, int kD, int kDV, typename Tile>
 constexpr FwdKernel kernel_entry() {
-  return FwdKernel{&run_fwd<TraitsFor<Element, kD, kDV, Tile>>, Tile::kM, Tile::kN};
+  return FwdKernel{&run_fwd<TraitsFor<Element, kD, kDV, Tile>>, Tile::kM, Tile::kN,
+                   TraitsFor<Element, kD, kDV, Tile>::kSmemBytes};
 }
 
 template <typename Element>
