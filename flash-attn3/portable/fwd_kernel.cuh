@@ -64,6 +64,7 @@ struct FwdTraits {
   static_assert(kDVPerWarp % 16 == 0, "each column warp owns whole pairs of n8 output tiles");
   static_assert(kKeysPerWarp % 16 == 0, "each key warp owns whole k16 steps of the key block");
   static_assert(kColWarps == 1 || kKeyWarps == 1, "split the output columns or the keys, not both");
+  static_assert(kNThreads >= kBlockN, "one thread fetches each key row's paged offsets");
   static_assert(kStages >= 2, "the K/V ring needs a stage in flight besides the one computed on");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
 };
@@ -483,7 +484,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         sRowOffsets[stage * 2 * kBlockN + threadIdx.x] = fetched_k;
         sRowOffsets[stage * 2 * kBlockN + kBlockN + threadIdx.x] = fetched_v;
       }
-      if (kNThreads < kBlockN) store_row_offsets(n_fetch, stage);  // CTAs narrower than a block
     }
   }
 
