@@ -147,7 +147,7 @@ KVCACHE_ERRORS = [
     (dict(q=t(2, 8, 128), cu_seqlens_q=cu(1, 1)), ValueError, "max_seqlen_q is required with cu_seqlens_q"),
     (dict(rotary_interleaved=1), TypeError, "rotary_interleaved must be a bool"),
     (dict(ver=2), ValueError, "ver must be 3"),
-    (dict(ver=4), ImportError, "flash-attn-4"),
+    (dict(ver=4), ImportError, "FlashAttention-4, which is not installed"),
     (dict(score_mod=lambda s: s), ValueError, "score_mod and aux_tensors are only supported with ver=4"),
     (dict(), ValueError, "q must be a CUDA tensor"),
 ]

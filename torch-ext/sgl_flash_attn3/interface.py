@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _validate as val
+from ._fa4 import flash_attn_with_kvcache_v4
 from ._ops import ops
 
 # get_scheduler_metadata's result: [magic, num_splits, n_blocks_per_split, pack_gqa,
@@ -426,9 +427,18 @@ def flash_attn_with_kvcache(
     Returns `out` like q with dv, or `(out, softmax_lse)`.
     """
     if ver == 4:
-        raise ImportError(
-            "ver=4 hands the call to FlashAttention-4 (package flash-attn-4), which this build "
-            "does not bundle; install flash-attn-4 and call flash_attn.cute directly"
+        return flash_attn_with_kvcache_v4(
+            q=q, k_cache=k_cache, v_cache=v_cache,
+            unsupported=dict(
+                k=k, v=v, qv=qv, rotary_cos=rotary_cos, rotary_sin=rotary_sin, rotary_seqlens=rotary_seqlens,
+                cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, cu_seqlens_k_new=cu_seqlens_k_new,
+                q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, scheduler_metadata=scheduler_metadata,
+                out=out, attention_chunk=attention_chunk or None, deterministic=deterministic or None,
+            ),
+            cu_seqlens_q=cu_seqlens_q, cache_seqlens=cache_seqlens, page_table=page_table,
+            softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
+            num_splits=num_splits, pack_gqa=pack_gqa, return_softmax_lse=return_softmax_lse,
+            sinks=sinks if sinks is not None else s_aux, score_mod=score_mod, aux_tensors=aux_tensors,
         )
     if ver != 3:
         raise ValueError(f"ver must be 3 (this kernel) or 4 (FlashAttention-4), got {ver!r}")
