@@ -22,6 +22,7 @@ VARLEN_POSITIONAL = [
     "q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k", "seqused_q", "seqused_k",
     "page_table", "softmax_scale", "causal", "qv", "q_descale", "k_descale", "v_descale", "window_size",
     "attention_chunk", "softcap", "num_splits", "pack_gqa", "sm_margin", "return_softmax_lse", "sinks",
+    "score_mod", "aux_tensors", "ver",
 ]
 KEYWORD_ONLY = ["s_aux", "out", "deterministic"]
 

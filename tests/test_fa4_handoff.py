@@ -14,13 +14,15 @@ import torch
 def fa4_calls(monkeypatch):
     calls: list[dict] = []
 
-    def flash_attn_varlen_func(q, k, v, cu_seqlens_q=None, seqused_k=None, page_table=None, softmax_scale=None,
-                               causal=False, window_size=(None, None), softcap=0.0, num_splits=1, pack_gqa=None,
-                               learnable_sink=None, score_mod=None, aux_tensors=None, return_lse=False):
-        calls.append(dict(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, seqused_k=seqused_k, page_table=page_table,
-                          softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
-                          num_splits=num_splits, pack_gqa=pack_gqa, learnable_sink=learnable_sink,
-                          score_mod=score_mod, aux_tensors=aux_tensors, return_lse=return_lse))
+    def flash_attn_varlen_func(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
+                               page_table=None, softmax_scale=None, causal=False, window_size=(None, None),
+                               softcap=0.0, num_splits=1, pack_gqa=None, learnable_sink=None, score_mod=None,
+                               aux_tensors=None, return_lse=False):
+        calls.append(dict(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, seqused_q=seqused_q,
+                          seqused_k=seqused_k, page_table=page_table, softmax_scale=softmax_scale, causal=causal,
+                          window_size=window_size, softcap=softcap, num_splits=num_splits, pack_gqa=pack_gqa,
+                          learnable_sink=learnable_sink, score_mod=score_mod, aux_tensors=aux_tensors,
+                          return_lse=return_lse))
         return "fa4-result"
 
     package = types.ModuleType("flash_attn")
@@ -54,3 +56,16 @@ def test_fa3_only_arguments_are_refused(fa3, fa4_calls, argument):
     with pytest.raises(ValueError, match=f"does not support: {argument}"):
         fa3.flash_attn_with_kvcache(q, k, v, cache_seqlens=17, ver=4, **{argument: torch.zeros(1)})
     assert fa4_calls == []
+
+
+def test_varlen_call_is_forwarded(fa3, fa4_calls):
+    q, k, v = torch.randn(10, 8, 64), torch.randn(12, 2, 64), torch.randn(12, 2, 64)
+    cu_q, cu_k = torch.tensor([0, 4, 10], dtype=torch.int32), torch.tensor([0, 5, 12], dtype=torch.int32)
+    assert fa3.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 6, 7, causal=True, window_size=(8, 0), ver=4) == "fa4-result"
+    assert fa4_calls[0]["window_size"] == (8, 0) and fa4_calls[0]["causal"] is True
+
+
+def test_dense_rejects_ver_4(fa3):
+    q = torch.randn(1, 4, 2, 64)
+    with pytest.raises(ValueError, match="ver must be 3"):
+        fa3.flash_attn_func(q, q, q, ver=4)

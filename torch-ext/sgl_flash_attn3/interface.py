@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _validate as val
-from ._fa4 import flash_attn_with_kvcache_v4
+from ._fa4 import cache_seqlens_tensor, call_fa4_varlen
 from ._ops import ops
 
 # get_scheduler_metadata's result: [magic, num_splits, n_blocks_per_split, pack_gqa,
@@ -78,6 +78,12 @@ def _check_common(
     if score_mod is not None or aux_tensors is not None:
         raise ValueError("score_mod and aux_tensors are only supported with ver=4 (FlashAttention-4)")
     return _Knobs(num_splits, -1 if pack_gqa is None else int(pack_gqa), 0, deterministic)
+
+
+def _check_version(ver: int, handoff: bool = True) -> None:
+    if ver != 3:
+        also = " or 4 (FlashAttention-4)" if handoff else ""
+        raise ValueError(f"ver must be 3 (this kernel){also}, got {ver!r}")
 
 
 def _softmax_scale(softmax_scale: float | None, head_dim: int) -> float:
@@ -210,6 +216,9 @@ def flash_attn_func(
     sm_margin: int = 0,
     return_softmax_lse: bool = False,
     sinks: torch.Tensor | None = None,
+    score_mod: object = None,
+    aux_tensors: object = None,
+    ver: int = 3,
     *,
     s_aux: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
@@ -218,10 +227,13 @@ def flash_attn_func(
     """Dense attention. q (b, sq, h, d), k (b, sk, h_k, d), v (b, sk, h_k, dv) -> (b, sq, h, dv).
 
     Returns `out`, or `(out, softmax_lse)` with lse (b, h, sq) fp32 when return_softmax_lse.
+    Takes every keyword of flash_attn_varlen_func (transformers passes them to both); ver must be 3.
     """
+    _check_version(ver, handoff=False)
     knobs = _check_common(
         q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, num_splits=num_splits,
-        pack_gqa=pack_gqa, sm_margin=sm_margin, deterministic=deterministic,
+        pack_gqa=pack_gqa, sm_margin=sm_margin, deterministic=deterministic, score_mod=score_mod,
+        aux_tensors=aux_tensors,
     )
     _check_qkv(q, k, v, 4, 4, qv is not None)
     _check_qv(qv, q, v.shape[-1])
@@ -260,6 +272,9 @@ def flash_attn_varlen_func(
     sm_margin: int = 0,
     return_softmax_lse: bool = False,
     sinks: torch.Tensor | None = None,
+    score_mod: object = None,
+    aux_tensors: object = None,
+    ver: int = 3,
     *,
     s_aux: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
@@ -271,11 +286,23 @@ def flash_attn_varlen_func(
     with page_table (b, max_pages). Sequence b owns q rows cu_seqlens_q[b]:cu_seqlens_q[b+1]
     (int32, (b+1,)), limited to seqused_q[b] when given; likewise for k (with a page table the
     key counts come from seqused_k, else from cu_seqlens_k). Returns `out` (total_q, h, dv), or
-    `(out, softmax_lse)` with lse (h, total_q).
+    `(out, softmax_lse)` with lse (h, total_q). ver=4 hands the call to FlashAttention-4.
     """
+    if ver == 4:
+        return call_fa4_varlen(
+            dict(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, seqused_q=seqused_q,
+                 seqused_k=seqused_k, page_table=page_table, softmax_scale=softmax_scale, causal=causal,
+                 window_size=window_size, softcap=softcap, pack_gqa=pack_gqa,
+                 return_softmax_lse=return_softmax_lse, sinks=sinks if sinks is not None else s_aux,
+                 score_mod=score_mod, aux_tensors=aux_tensors),
+            unsupported=dict(qv=qv, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, out=out,
+                             attention_chunk=attention_chunk or None, deterministic=deterministic or None),
+        )
+    _check_version(ver)
     knobs = _check_common(
         q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, num_splits=num_splits,
-        pack_gqa=pack_gqa, sm_margin=sm_margin, deterministic=deterministic,
+        pack_gqa=pack_gqa, sm_margin=sm_margin, deterministic=deterministic, score_mod=score_mod,
+        aux_tensors=aux_tensors,
     )
     paged = page_table is not None
     _check_qkv(q, k, v, 3, 4 if paged else 3, qv is not None)
@@ -427,21 +454,21 @@ def flash_attn_with_kvcache(
     Returns `out` like q with dv, or `(out, softmax_lse)`.
     """
     if ver == 4:
-        return flash_attn_with_kvcache_v4(
-            q=q, k_cache=k_cache, v_cache=v_cache,
+        batch = q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.numel() - 1
+        return call_fa4_varlen(
+            dict(q=q, k=k_cache, v=v_cache, cu_seqlens_q=cu_seqlens_q,
+                 seqused_k=cache_seqlens_tensor(cache_seqlens, batch, q.device), page_table=page_table,
+                 softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
+                 num_splits=num_splits, pack_gqa=pack_gqa, return_softmax_lse=return_softmax_lse,
+                 sinks=sinks if sinks is not None else s_aux, score_mod=score_mod, aux_tensors=aux_tensors),
             unsupported=dict(
                 k=k, v=v, qv=qv, rotary_cos=rotary_cos, rotary_sin=rotary_sin, rotary_seqlens=rotary_seqlens,
                 cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, cu_seqlens_k_new=cu_seqlens_k_new,
                 q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, scheduler_metadata=scheduler_metadata,
                 out=out, attention_chunk=attention_chunk or None, deterministic=deterministic or None,
             ),
-            cu_seqlens_q=cu_seqlens_q, cache_seqlens=cache_seqlens, page_table=page_table,
-            softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
-            num_splits=num_splits, pack_gqa=pack_gqa, return_softmax_lse=return_softmax_lse,
-            sinks=sinks if sinks is not None else s_aux, score_mod=score_mod, aux_tensors=aux_tensors,
         )
-    if ver != 3:
-        raise ValueError(f"ver must be 3 (this kernel) or 4 (FlashAttention-4), got {ver!r}")
+    _check_version(ver)
     knobs = _check_common(
         q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, num_splits=num_splits,
         pack_gqa=pack_gqa, sm_margin=sm_margin, deterministic=deterministic, score_mod=score_mod,
