@@ -63,6 +63,15 @@ const float* float_vector(const OptTensor& t, const char* name, int device, int6
   return static_cast<const float*>(t->data_ptr());
 }
 
+// Element strides of a (batch, rows, heads, dim) tensor, or of a packed (rows, heads, dim) one
+// whose batch stride is 0 (sequences are located by their cu_seqlens offsets instead).
+void row_strides(const Tensor& t, bool packed, int64_t& batch, int64_t& row, int64_t& head) {
+  const int64_t dims = t.dim();
+  batch = packed ? 0 : t.stride(0);
+  row = t.stride(dims - 3);
+  head = t.stride(dims - 2);
+}
+
 sgl_fa3::DType dtype_code(ScalarType t) {
   STD_TORCH_CHECK(t == ScalarType::Half || t == ScalarType::BFloat16, "q must be float16 or bfloat16");
   return t == ScalarType::Half ? sgl_fa3::DType::kFloat16 : sgl_fa3::DType::kBFloat16;
@@ -161,27 +170,17 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
 
   sgl_fa3::FwdParams p{};
   p.q = q.data_ptr();
-  p.q_batch_stride = packed_q ? 0 : q.stride(0);
-  p.q_row_stride = q.stride(q_dims - 3);
-  p.q_head_stride = q.stride(q_dims - 2);
+  row_strides(q, packed_q, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
   if (qv.has_value()) {
     p.qv = qv->data_ptr();
-    p.qv_batch_stride = packed_q ? 0 : qv->stride(0);
-    p.qv_row_stride = qv->stride(q_dims - 3);
-    p.qv_head_stride = qv->stride(q_dims - 2);
+    row_strides(*qv, packed_q, p.qv_batch_stride, p.qv_row_stride, p.qv_head_stride);
   }
   p.k = k.data_ptr();
-  p.k_batch_stride = packed_k ? 0 : k.stride(0);
-  p.k_row_stride = k.stride(k_dims - 3);
-  p.k_head_stride = k.stride(k_dims - 2);
+  row_strides(k, packed_k, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
   p.v = v.data_ptr();
-  p.v_batch_stride = packed_k ? 0 : v.stride(0);
-  p.v_row_stride = v.stride(k_dims - 3);
-  p.v_head_stride = v.stride(k_dims - 2);
+  row_strides(v, packed_k, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
   p.o = out.data_ptr();
-  p.o_batch_stride = packed_q ? 0 : out.stride(0);
-  p.o_row_stride = out.stride(q_dims - 3);
-  p.o_head_stride = out.stride(q_dims - 2);
+  row_strides(out, packed_q, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
   p.lse = static_cast<float*>(softmax_lse.data_ptr());
   p.lse_batch_stride = packed_q ? 0 : num_heads * seqlen_q;
   p.lse_head_stride = packed_q ? q.size(0) : seqlen_q;
@@ -284,21 +283,13 @@ void append_kv(Tensor k_cache, Tensor v_cache, Tensor k_new, Tensor v_new, Tenso
 
   sgl_fa3::AppendParams p{};
   p.k_new = k_new.data_ptr();
-  p.k_new_batch_stride = packed ? 0 : k_new.stride(0);
-  p.k_new_row_stride = k_new.stride(packed ? 0 : 1);
-  p.k_new_head_stride = k_new.stride(packed ? 1 : 2);
+  row_strides(k_new, packed, p.k_new_batch_stride, p.k_new_row_stride, p.k_new_head_stride);
   p.v_new = v_new.data_ptr();
-  p.v_new_batch_stride = packed ? 0 : v_new.stride(0);
-  p.v_new_row_stride = v_new.stride(packed ? 0 : 1);
-  p.v_new_head_stride = v_new.stride(packed ? 1 : 2);
+  row_strides(v_new, packed, p.v_new_batch_stride, p.v_new_row_stride, p.v_new_head_stride);
   p.k_cache = k_cache.data_ptr();
-  p.k_cache_batch_stride = k_cache.stride(0);
-  p.k_cache_row_stride = k_cache.stride(1);
-  p.k_cache_head_stride = k_cache.stride(2);
+  row_strides(k_cache, false, p.k_cache_batch_stride, p.k_cache_row_stride, p.k_cache_head_stride);
   p.v_cache = v_cache.data_ptr();
-  p.v_cache_batch_stride = v_cache.stride(0);
-  p.v_cache_row_stride = v_cache.stride(1);
-  p.v_cache_head_stride = v_cache.stride(2);
+  row_strides(v_cache, false, p.v_cache_batch_stride, p.v_cache_row_stride, p.v_cache_head_stride);
   p.cache_seqlens = int_vector(cache_seqlens, "cache_seqlens", device, batch);
   p.kv_batch_idx = int_vector(kv_batch_idx, "cache_batch_idx", device, batch);
   p.cu_seqlens_k_new = int_vector(cu_seqlens_k_new, "cu_seqlens_k_new", device, batch + 1);
@@ -356,13 +347,9 @@ void rotary_q(Tensor q, Tensor q_rot, Tensor cache_seqlens, OptTensor cu_seqlens
                   "rotary_cos/sin must be (seqlen_ro, rotary_dim / 2) with rotary_dim <= head dim");
   sgl_fa3::AppendParams p{};
   p.q = q.data_ptr();
-  p.q_batch_stride = packed ? 0 : q.stride(0);
-  p.q_row_stride = q.stride(dims - 3);
-  p.q_head_stride = q.stride(dims - 2);
+  row_strides(q, packed, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
   p.q_rot = q_rot.data_ptr();
-  p.q_rot_batch_stride = packed ? 0 : q_rot.stride(0);
-  p.q_rot_row_stride = q_rot.stride(dims - 3);
-  p.q_rot_head_stride = q_rot.stride(dims - 2);
+  row_strides(q_rot, packed, p.q_rot_batch_stride, p.q_rot_row_stride, p.q_rot_head_stride);
   p.cu_seqlens_q = int_vector(cu_seqlens_q, "cu_seqlens_q", device, batch + 1);
   p.seqlen_q = int(packed ? max_seqlen_q : q.size(1));
   p.cache_seqlens = int_vector(cache_seqlens, "cache_seqlens", device, batch);
