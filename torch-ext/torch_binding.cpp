@@ -12,6 +12,7 @@
 
 #include <cuda_runtime.h>
 
+#include <mutex>
 #include <optional>
 
 #include "api.h"
@@ -72,6 +73,20 @@ void row_strides(const Tensor& t, bool packed, int64_t& batch, int64_t& row, int
   head = t.stride(dims - 2);
 }
 
+// rotary_cos / rotary_sin: contiguous fp32 (seqlen_ro, rotary_dim / 2), rotary_dim <= head_dim.
+void set_rotary_tables(sgl_fa3::AppendParams& p, const Tensor& cos, const Tensor& sin, int64_t head_dim, int device,
+                       bool interleaved) {
+  const int64_t half = cos.size(1);
+  STD_TORCH_CHECK(cos.dim() == 2 && sin.dim() == 2 && sin.size(0) == cos.size(0) && sin.size(1) == half &&
+                      2 * half <= head_dim,
+                  "rotary_cos/sin must be (seqlen_ro, rotary_dim / 2) with rotary_dim <= head dim");
+  p.rotary_cos = float_vector(cos, "rotary_cos", device, cos.numel());
+  p.rotary_sin = float_vector(sin, "rotary_sin", device, cos.numel());
+  p.rotary_dim = int(2 * half);
+  p.rotary_rows = int(cos.size(0));
+  p.rotary_interleaved = interleaved;
+}
+
 sgl_fa3::DType dtype_code(ScalarType t) {
   STD_TORCH_CHECK(t == ScalarType::Half || t == ScalarType::BFloat16, "q must be float16 or bfloat16");
   return t == ScalarType::Half ? sgl_fa3::DType::kFloat16 : sgl_fa3::DType::kBFloat16;
@@ -85,10 +100,20 @@ const sgl_fa3::FwdKernels& kernels_for(sgl_fa3::DType dtype, int64_t d, int64_t 
   return *kernel;
 }
 
-int num_sms(int device) {
-  int count = 0;
-  cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-  return count;
+// SM count and opt-in shared memory per block, read once per device (they never change).
+struct DeviceLimits {
+  int num_sms = 0, smem_per_block = 0;
+};
+const DeviceLimits& device_limits(int device) {
+  constexpr int kMaxDevices = 64;
+  STD_TORCH_CHECK(device >= 0 && device < kMaxDevices, "unsupported CUDA device index ", device);
+  static DeviceLimits limits[kMaxDevices];
+  static std::once_flag once[kMaxDevices];
+  std::call_once(once[device], [device] {
+    cudaDeviceGetAttribute(&limits[device].num_sms, cudaDevAttrMultiProcessorCount, device);
+    cudaDeviceGetAttribute(&limits[device].smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  });
+  return limits[device];
 }
 
 cudaStream_t current_stream(int device) {
@@ -228,7 +253,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   sgl_fa3::Plan plan = sgl_fa3::plan_forward(
       {int(batch), int(seqlen_q), int(std::min<int64_t>(keys_bound, INT32_MAX)), int(num_heads), int(num_heads_k),
        kernels.prefill.block_m, kernels.prefill.block_n, kernels.decode.block_m, kernels.decode.block_n,
-       num_sms(device), int(num_splits), int(pack_gqa), deterministic});
+       device_limits(device).num_sms, int(num_splits), int(pack_gqa), deterministic});
   if (n_blocks_per_split > 0) {  // a precomputed plan (get_scheduler_metadata)
     STD_TORCH_CHECK(num_splits >= 1, "a precomputed plan needs num_splits >= 1");
     plan.num_splits = int(num_splits);
@@ -236,8 +261,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     plan.use_combine = deterministic || num_splits > 1;
   }
   const sgl_fa3::FwdKernel& kernel = plan.decode ? kernels.decode : kernels.prefill;
-  int smem_limit = 0;
-  cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  const int smem_limit = device_limits(device).smem_per_block;
   STD_TORCH_CHECK(kernel.smem_bytes <= smem_limit, "head dim ", head_dim, " / v head dim ", head_dim_v, " needs ",
                   kernel.smem_bytes / 1024, " KB of shared memory per block; this GPU allows ", smem_limit / 1024,
                   " KB");
@@ -308,14 +332,7 @@ void append_kv(Tensor k_cache, Tensor v_cache, Tensor k_new, Tensor v_new, Tenso
   p.cache_slots = int(page_table.has_value() ? page_table->size(1) * k_cache.size(1) : k_cache.size(1));
   if (rotary_cos.has_value()) {
     STD_TORCH_CHECK(rotary_sin.has_value(), "rotary_sin is required with rotary_cos");
-    const int64_t half = rotary_cos->size(1);
-    p.rotary_cos = float_vector(rotary_cos, "rotary_cos", device, rotary_cos->numel());
-    p.rotary_sin = float_vector(rotary_sin, "rotary_sin", device, rotary_cos->numel());
-    STD_TORCH_CHECK(rotary_cos->dim() == 2 && rotary_sin->dim() == 2 && rotary_sin->size(1) == half && 2 * half <= d,
-                    "rotary_cos/sin must be (seqlen_ro, rotary_dim / 2) with rotary_dim <= head dim");
-    p.rotary_dim = int(2 * half);
-    p.rotary_rows = int(rotary_cos->size(0));
-    p.rotary_interleaved = rotary_interleaved;
+    set_rotary_tables(p, *rotary_cos, *rotary_sin, d, device, rotary_interleaved);
     p.rotary_seqlens = int_vector(rotary_seqlens, "rotary_seqlens", device, batch);
   }
   p.batch = int(batch);
@@ -341,10 +358,6 @@ void rotary_q(Tensor q, Tensor q_rot, Tensor cache_seqlens, OptTensor cu_seqlens
   const int64_t batch = cache_seqlens.numel();
   STD_TORCH_CHECK(batch <= 65535, "batch size must be <= 65535");
   STD_TORCH_CHECK(packed || q.size(0) == batch, "q batch must match cache_seqlens");
-  const int64_t half = rotary_cos.size(1);
-  STD_TORCH_CHECK(rotary_cos.dim() == 2 && rotary_sin.dim() == 2 && rotary_sin.size(1) == half &&
-                      2 * half <= q.size(dims - 1),
-                  "rotary_cos/sin must be (seqlen_ro, rotary_dim / 2) with rotary_dim <= head dim");
   sgl_fa3::AppendParams p{};
   p.q = q.data_ptr();
   row_strides(q, packed, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
@@ -353,11 +366,7 @@ void rotary_q(Tensor q, Tensor q_rot, Tensor cache_seqlens, OptTensor cu_seqlens
   p.cu_seqlens_q = int_vector(cu_seqlens_q, "cu_seqlens_q", device, batch + 1);
   p.seqlen_q = int(packed ? max_seqlen_q : q.size(1));
   p.cache_seqlens = int_vector(cache_seqlens, "cache_seqlens", device, batch);
-  p.rotary_cos = float_vector(rotary_cos, "rotary_cos", device, rotary_cos.numel());
-  p.rotary_sin = float_vector(rotary_sin, "rotary_sin", device, rotary_cos.numel());
-  p.rotary_dim = int(2 * half);
-  p.rotary_rows = int(rotary_cos.size(0));
-  p.rotary_interleaved = rotary_interleaved;
+  set_rotary_tables(p, rotary_cos, rotary_sin, q.size(dims - 1), device, rotary_interleaved);
   p.rotary_seqlens = int_vector(rotary_seqlens, "rotary_seqlens", device, batch);
   p.rotary_q_per_row = per_row;
   p.batch = int(batch);
@@ -379,7 +388,7 @@ void plan(Tensor out, int64_t batch, int64_t max_seqlen_q, int64_t max_seqlen_k,
   const sgl_fa3::FwdKernels& kernels = kernels_for(sgl_fa3::DType(dtype), head_dim, head_dim_v);
   const sgl_fa3::Plan result = sgl_fa3::plan_forward(
       {int(batch), int(max_seqlen_q), int(max_seqlen_k), int(num_heads), int(num_heads_k), kernels.prefill.block_m,
-       kernels.prefill.block_n, kernels.decode.block_m, kernels.decode.block_n, num_sms(int(device)),
+       kernels.prefill.block_n, kernels.decode.block_m, kernels.decode.block_n, device_limits(int(device)).num_sms,
        int(num_splits), int(pack_gqa), deterministic});
   int* values = static_cast<int*>(out.data_ptr());
   values[0] = result.num_splits;
