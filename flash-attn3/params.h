@@ -49,6 +49,10 @@ struct FwdParams {
   int64_t page_table_batch_stride;
   int page_size;
 
+  // Extents of the row and batch dims of the q and k/v tensors (a TMA descriptor needs them):
+  // (seqlen, batch) when batched, (total rows, 1) when packed, (page_size, num_pages) when paged.
+  int q_tensor_rows, q_tensor_batch, k_tensor_rows, k_tensor_batch;
+
   int batch;
   int seqlen_q;  // dense q length, or max over the batch when packed (sizes the grid)
   int seqlen_k;  // dense k length (ignored when cu_seqlens_k / seqused_k give it)

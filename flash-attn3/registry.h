@@ -9,7 +9,8 @@
 
 namespace sgl_fa3 {
 
-enum class Family : int { kPortable = 0 };
+// kPortable: mma.sync + cp.async (sm80 and newer). kSm90: TMA + wgmma, warp-specialized (sm90a).
+enum class Family : int { kPortable = 0, kSm90 = 1 };
 
 struct KernelKey {
   Family family;

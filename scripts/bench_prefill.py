@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -71,6 +73,16 @@ def measure(fa3, peer: SDPBackend, dtype: torch.dtype, d: int, dv: int, causal: 
     return flops / ours_ms / 1e9, flops / peer_ms / 1e9
 
 
+def summarize(rows: list[list]) -> None:
+    """Geometric mean and minimum of the ratios, over all points and over seqlen >= 1k."""
+    for label, keep in (("all", lambda r: True), ("seqlen>=1k", lambda r: r[4] >= 1024)):
+        ratios = [float(r[9]) for r in rows if keep(r)]
+        if ratios:
+            geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+            print(f"# {label}: geomean ratio {geo:.3f}, min {min(ratios):.3f} over {len(ratios)} points",
+                  file=sys.stderr)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="CSV to write (printed either way)")
@@ -78,7 +90,10 @@ def main() -> int:
     parser.add_argument("--dtypes", default="bf16,fp16")
     parser.add_argument("--hdims", default="64,96,128,192,256")
     parser.add_argument("--seqlens", default="512,1024,2048,4096,8192,16384")
+    parser.add_argument("--backend", choices=("auto", "portable", "sm90"), default="auto",
+                        help="kernel family (SGL_FLASH_ATTN3_BACKEND)")
     args = parser.parse_args()
+    os.environ["SGL_FLASH_ATTN3_BACKEND"] = args.backend
 
     fa3 = load_kernel()
     device = torch.cuda.get_device_name()
@@ -98,6 +113,7 @@ def main() -> int:
                     rows.append([dname, d, d, int(causal), seqlen, TOKENS // seqlen, HIDDEN // d,
                                  f"{ours:.1f}", f"{other:.1f}", f"{ours / other:.3f}", f"{gemm:.1f}", device, date])
                     print(",".join(str(x) for x in rows[-1]), flush=True)
+    summarize(rows)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as f:

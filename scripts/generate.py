@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 INST_DIR = ROOT / "flash-attn3" / "instantiations"
 BUILD_TOML = ROOT / "build.toml"
-BEGIN, END = "# begin generated instantiations", "# end generated instantiations"
+MARKERS = "# begin generated {family} instantiations", "# end generated {family} instantiations"
 
 
 def load_table():
@@ -42,11 +42,15 @@ def expected_files(table) -> dict[Path, str]:
 
 
 def expected_build_toml(table, text: str) -> str:
-    block = "\n".join(f'  "{inst.source}",' for inst in table)
-    pattern = re.compile(rf"{re.escape(BEGIN)}\n.*?{re.escape(END)}", re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"build.toml lacks the '{BEGIN}' / '{END}' markers")
-    return pattern.sub(lambda _: f"{BEGIN}\n{block}\n  {END}", text)
+    """Each family's sources go between its own markers (in its [kernel.*] section)."""
+    for family in sorted({inst.family for inst in table}):
+        begin, end = (m.format(family=family) for m in MARKERS)
+        block = "\n".join(f'  "{inst.source}",' for inst in table if inst.family == family)
+        pattern = re.compile(rf"{re.escape(begin)}\n.*?{re.escape(end)}", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"build.toml lacks the '{begin}' / '{end}' markers")
+        text = pattern.sub(lambda _: f"{begin}\n{block}\n  {end}", text)
+    return text
 
 
 def main() -> int:

@@ -12,6 +12,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <optional>
 
@@ -102,7 +104,7 @@ const sgl_fa3::FwdKernels& kernels_for(sgl_fa3::DType dtype, int64_t d, int64_t 
 
 // SM count and opt-in shared memory per block, read once per device (they never change).
 struct DeviceLimits {
-  int num_sms = 0, smem_per_block = 0;
+  int num_sms = 0, smem_per_block = 0, major = 0;
 };
 const DeviceLimits& device_limits(int device) {
   constexpr int kMaxDevices = 64;
@@ -112,8 +114,30 @@ const DeviceLimits& device_limits(int device) {
   std::call_once(once[device], [device] {
     cudaDeviceGetAttribute(&limits[device].num_sms, cudaDevAttrMultiProcessorCount, device);
     cudaDeviceGetAttribute(&limits[device].smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    cudaDeviceGetAttribute(&limits[device].major, cudaDevAttrComputeCapabilityMajor, device);
   });
   return limits[device];
+}
+
+// Kernel family choice. SGL_FLASH_ATTN3_BACKEND=portable forces the portable family;
+// =sm90 requires the Hopper family (an error where it cannot run); unset or auto picks.
+enum class BackendRequest { kAuto, kPortable, kSm90 };
+BackendRequest backend_request() {
+  const char* env = std::getenv("SGL_FLASH_ATTN3_BACKEND");
+  if (env == nullptr || std::strcmp(env, "") == 0 || std::strcmp(env, "auto") == 0) return BackendRequest::kAuto;
+  if (std::strcmp(env, "portable") == 0) return BackendRequest::kPortable;
+  STD_TORCH_CHECK(std::strcmp(env, "sm90") == 0, "SGL_FLASH_ATTN3_BACKEND must be auto, portable or sm90, got '",
+                  env, "'");
+  return BackendRequest::kSm90;
+}
+
+// TMA reads a tensor through a descriptor: 16-byte aligned base and 16-byte multiple strides.
+bool tma_addressable(const Tensor& t) {
+  constexpr int64_t kAlign = 16;
+  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % kAlign != 0) return false;
+  for (int64_t i = 0; i + 1 < t.dim(); ++i)
+    if (t.size(i) > 1 && (t.stride(i) * int64_t(t.element_size())) % kAlign != 0) return false;
+  return true;
 }
 
 cudaStream_t current_stream(int device) {
@@ -232,6 +256,10 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     STD_TORCH_CHECK(p.page_size > 0, "page size must be positive");
   }
 
+  p.q_tensor_rows = int(q.size(packed_q ? 0 : 1));
+  p.q_tensor_batch = packed_q ? 1 : int(q.size(0));
+  p.k_tensor_rows = int(k.size(packed_k ? 0 : 1));
+  p.k_tensor_batch = packed_k ? 1 : int(k.size(0));
   p.batch = int(batch);
   p.seqlen_q = int(seqlen_q);
   p.seqlen_k = packed_k || paged ? 0 : int(k.size(1));
@@ -259,6 +287,31 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     plan.num_splits = int(num_splits);
     plan.n_blocks_per_split = int(n_blocks_per_split);
     plan.use_combine = deterministic || num_splits > 1;
+  }
+  // The Hopper family runs prefill tiles without split-KV or GQA packing over TMA-addressable
+  // dense or packed k/v; decode, paged k/v, qv and explicit splits / packing stay portable.
+  const BackendRequest request = backend_request();
+  const sgl_fa3::FwdKernels* sm90 =
+      device_limits(device).major == 9 ? sgl_fa3::find_fwd({sgl_fa3::Family::kSm90, code, int(head_dim), int(head_dim_v)})
+                                       : nullptr;
+  const char* sm90_blocker = sm90 == nullptr                     ? "no Hopper kernel for this GPU / head dims"
+                             : paged                             ? "paged k/v"
+                             : qv.has_value()                    ? "qv"
+                             : plan.decode                       ? "a decode-sized query"
+                             : num_splits > 1                    ? "split-KV (num_splits > 1)"
+                             : pack_gqa == 1                     ? "pack_gqa=True"
+                             : !(tma_addressable(q) && tma_addressable(k) && tma_addressable(v))
+                                 ? "tensors with strides or addresses not 16-byte aligned"
+                                 : nullptr;
+  STD_TORCH_CHECK(request != BackendRequest::kSm90 || sm90_blocker == nullptr,
+                  "SGL_FLASH_ATTN3_BACKEND=sm90 cannot run this call: ", sm90_blocker);
+  if (request != BackendRequest::kPortable && sm90_blocker == nullptr) {
+    p.pack_gqa = false;
+    p.num_splits = 1;
+    p.n_blocks_per_split = 0;
+    const torch::stable::accelerator::DeviceGuard guard(device);
+    check_launch(sm90->prefill.launch(p, current_stream(device)), "attention kernel launch");
+    return;
   }
   const sgl_fa3::FwdKernel& kernel = plan.decode ? kernels.decode : kernels.prefill;
   const int smem_limit = device_limits(device).smem_per_block;

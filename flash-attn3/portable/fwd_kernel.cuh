@@ -21,6 +21,7 @@
 
 #include "../mask.h"
 #include "../params.h"
+#include "../seqinfo.cuh"
 #include "primitives.cuh"
 
 namespace sgl_fa3::portable {
@@ -67,40 +68,6 @@ struct FwdTraits {
   static_assert(kNThreads >= kBlockN, "one thread fetches each key row's paged offsets");
   static_assert(kStages >= 2, "the K/V ring needs a stage in flight besides the one computed on");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
-};
-
-// Where one (batch row, kv split) problem lives and how long it is. Offsets exclude the head.
-struct SeqInfo {
-  int rows_q;    // query positions this problem owns in q / out (all of them are written)
-  int seqlen_q;  // positions that attend (seqused_q); later ones see no key
-  int seqlen_k;  // keys after append, minus left padding
-  int k_start;   // first key's row in the k/v rows of this batch row (left padding included)
-  int b_kv;      // k/v batch row (or page-table row when paged)
-  int64_t q_offset, qv_offset, o_offset, lse_offset;
-
-  __device__ SeqInfo(const FwdParams& p, int b) {
-    const int q_start = p.cu_seqlens_q ? p.cu_seqlens_q[b] : 0;
-    b_kv = p.kv_batch_idx ? p.kv_batch_idx[b] : b;
-    // Paged rows start at slot 0 of their page-table row; cu_seqlens_k then only gives lengths.
-    const int k_packed_start = p.cu_seqlens_k ? p.cu_seqlens_k[b] : 0;
-    k_start = p.page_table ? 0 : k_packed_start;
-    rows_q = p.cu_seqlens_q ? p.cu_seqlens_q[b + 1] - q_start : p.seqlen_q;
-    seqlen_q = p.seqused_q ? min(p.seqused_q[b], rows_q) : rows_q;
-    seqlen_k = p.seqused_k   ? p.seqused_k[b]
-               : p.cu_seqlens_k ? p.cu_seqlens_k[b + 1] - k_packed_start
-                                : p.seqlen_k;
-    seqlen_k += p.cu_seqlens_k_new ? p.cu_seqlens_k_new[b + 1] - p.cu_seqlens_k_new[b]
-                                   : p.seqlen_k_new;
-    if (p.leftpad_k) {
-      k_start += p.leftpad_k[b];
-      seqlen_k -= p.leftpad_k[b];
-    }
-    seqlen_k = max(seqlen_k, 0);
-    q_offset = b * p.q_batch_stride + q_start * p.q_row_stride;
-    qv_offset = b * p.qv_batch_stride + q_start * p.qv_row_stride;
-    o_offset = b * p.o_batch_stride + q_start * p.o_row_stride;
-    lse_offset = b * p.lse_batch_stride + q_start;
-  }
 };
 
 // Tile row r -> (query position, head). Without pack_gqa every row has the CTA's head; with it,

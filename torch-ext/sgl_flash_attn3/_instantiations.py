@@ -17,7 +17,7 @@ _CXX_ELEMENT = {"fp16": "__half", "bf16": "__nv_bfloat16"}
 
 @dataclass(frozen=True)
 class Instantiation:
-    family: str  # kernel family ("portable": mma.sync + cp.async, sm80 and newer)
+    family: str  # "portable": mma.sync + cp.async (sm80 and newer); "sm90": TMA + wgmma (sm90a)
     dtype: str  # "fp16" | "bf16"
     head_dim: int
     head_dim_v: int
@@ -41,16 +41,23 @@ HEAD_DIM_PAIRS: tuple[tuple[int, int], ...] = (
     (64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128), (64, 256), (64, 512),
 )
 
+# The Hopper family covers prefill for the standard pairs (dv <= 256: one wgmma N); absorbed
+# MLA (64 -> 256 / 512, qv), paged KV and decode run on the portable family.
+SM90_HEAD_DIM_PAIRS: tuple[tuple[int, int], ...] = ((64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128))
+
+DTYPES: tuple[str, ...] = ("fp16", "bf16")
+
 INSTANTIATIONS: tuple[Instantiation, ...] = tuple(
-    Instantiation("portable", dtype, d, dv) for dtype in ("fp16", "bf16") for d, dv in HEAD_DIM_PAIRS
-)
+    Instantiation("portable", dtype, d, dv) for dtype in DTYPES for d, dv in HEAD_DIM_PAIRS
+) + tuple(Instantiation("sm90", dtype, d, dv) for dtype in DTYPES for d, dv in SM90_HEAD_DIM_PAIRS)
 
 SUPPORTED_HEAD_DIMS: tuple[int, ...] = tuple(sorted({i.head_dim for i in INSTANTIATIONS}))
 
 
-def find(dtype: torch.dtype, head_dim: int, head_dim_v: int) -> Instantiation | None:
+def find(dtype: torch.dtype, head_dim: int, head_dim_v: int, family: str = "portable") -> Instantiation | None:
+    """The instantiation of `family` for these dims (the portable family covers every pair)."""
     name = DTYPE_NAMES.get(dtype)
     for inst in INSTANTIATIONS:
-        if (inst.dtype, inst.head_dim, inst.head_dim_v) == (name, head_dim, head_dim_v):
+        if (inst.family, inst.dtype, inst.head_dim, inst.head_dim_v) == (family, name, head_dim, head_dim_v):
             return inst
     return None

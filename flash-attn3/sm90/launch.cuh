@@ -1,0 +1,87 @@
+// Launch of the Hopper forward kernel: the tile table, the TMA descriptors of a call, and one
+// launcher per instantiation.
+#pragma once
+
+#include "../registry.h"
+#include "fwd_kernel.cuh"
+
+namespace sgl_fa3::sm90 {
+
+// Tiles per (d, dv): kM rows (64 per consumer warp group), kN keys per block, K/V stages.
+// Shared memory holds Q, kStages K and V blocks (and O when it cannot reuse Q's bytes) within
+// 227 KB; the consumers' registers hold S (kN / 2 per thread), P and O (dv / 2 per thread).
+//   d64:   three consumer groups (192 rows): with small head dims the softmax, not the MMA, is
+//          the limit, and more rows per K/V block amortise the loads.
+//   d128:  128 x 128: S + O + P = 64 + 64 + 32 registers per thread next to the addressing.
+//   d256:  128 x 80: two stages of 80-key K and V blocks plus Q fill the 227 KB.
+// clang-format off
+template <int kD, int kDV> struct Tile;
+template <> struct Tile<64, 64>   { static constexpr int kM = 192, kN = 128, kStages = 2; };
+template <> struct Tile<96, 96>   { static constexpr int kM = 128, kN = 128, kStages = 2; };
+template <> struct Tile<128, 128> { static constexpr int kM = 128, kN = 128, kStages = 2; };
+template <> struct Tile<192, 192> { static constexpr int kM = 128, kN = 96,  kStages = 2; };
+template <> struct Tile<192, 128> { static constexpr int kM = 128, kN = 112, kStages = 2; };
+template <> struct Tile<256, 256> { static constexpr int kM = 128, kN = 80,  kStages = 2; };
+// clang-format on
+
+template <typename CudaElement, int kD, int kDV>
+using TraitsFor = Traits<CudaElement, kD, kDV, Tile<kD, kDV>::kM, Tile<kD, kDV>::kN, Tile<kD, kDV>::kStages>;
+
+// A TMA box cannot have a zero stride; a mode of extent 1 never moves, so any aligned stride does.
+inline int64_t tma_stride(int extent, int64_t stride, int64_t fallback) { return extent == 1 ? fallback : stride; }
+
+template <class Traits>
+cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
+  using Element = typename Traits::Element;
+  const auto gmem = [](const void* ptr, int rows, int dim, int heads, int batch, int64_t row_stride,
+                       int64_t head_stride, int64_t batch_stride) {
+    return make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)), make_shape(rows, dim, heads, batch),
+                       make_stride(tma_stride(rows, row_stride, dim), _1{}, tma_stride(heads, head_stride, dim),
+                                   tma_stride(batch, batch_stride, dim)));
+  };
+  KernelArgs<Traits> args{p, {}};
+  args.tma.q = make_tma_copy(SM90_TMA_LOAD{},
+                             gmem(p.q, p.q_tensor_rows, Traits::kD, p.num_heads, p.q_tensor_batch, p.q_row_stride,
+                                  p.q_head_stride, p.q_batch_stride),
+                             typename Traits::SmemLayoutQ{}, Shape<Int<Traits::kBlockM>, Int<Traits::kD>>{}, _1{});
+  args.tma.k = make_tma_copy(SM90_TMA_LOAD{},
+                             gmem(p.k, p.k_tensor_rows, Traits::kD, p.num_heads_k, p.k_tensor_batch, p.k_row_stride,
+                                  p.k_head_stride, p.k_batch_stride),
+                             take<0, 2>(typename Traits::SmemLayoutK{}),
+                             Shape<Int<Traits::kBlockN>, Int<Traits::kD>>{}, _1{});
+  args.tma.v = make_tma_copy(SM90_TMA_LOAD{},
+                             gmem(p.v, p.k_tensor_rows, Traits::kDV, p.num_heads_k, p.k_tensor_batch, p.v_row_stride,
+                                  p.v_head_stride, p.v_batch_stride),
+                             take<0, 2>(typename Traits::SmemLayoutV{}),
+                             Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{});
+
+  auto* kernel = &fwd_kernel<Traits>;
+  constexpr int kSmem = Traits::kSmemBytes;
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  const int m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+  const dim3 grid(unsigned(m_blocks), unsigned(p.num_heads), unsigned(p.batch));
+  if (grid.x == 0 || grid.z == 0) return cudaSuccess;
+  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+template <typename CudaElement, int kD, int kDV>
+constexpr FwdKernel kernel_entry() {
+  using T = TraitsFor<CudaElement, kD, kDV>;
+  return FwdKernel{&run_fwd<T>, T::kBlockM, T::kBlockN, T::kSmemBytes};
+}
+
+template <typename CudaElement>
+constexpr DType dtype_of() {
+  return std::is_same_v<CudaElement, __half> ? DType::kFloat16 : DType::kBFloat16;
+}
+
+// Registers the Hopper prefill kernel of (ELEMENT, HEAD_DIM, HEAD_DIM_V) when the library loads
+// (this family has no separate decode tile: decode runs on the portable family).
+#define SGL_FA3_REGISTER_SM90_FWD(ELEMENT, HEAD_DIM, HEAD_DIM_V)                                                  \
+  static const ::sgl_fa3::FwdRegistration sgl_fa3_sm90_fwd_registration{                                        \
+      ::sgl_fa3::KernelKey{::sgl_fa3::Family::kSm90, ::sgl_fa3::sm90::dtype_of<ELEMENT>(), HEAD_DIM, HEAD_DIM_V}, \
+      ::sgl_fa3::FwdKernels{::sgl_fa3::sm90::kernel_entry<ELEMENT, HEAD_DIM, HEAD_DIM_V>(), ::sgl_fa3::FwdKernel{}}};
+
+}  // namespace sgl_fa3::sm90

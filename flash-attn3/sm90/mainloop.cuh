@@ -1,0 +1,217 @@
+// Hopper main loop: TMA loads (producer) and wgmma + online softmax (consumers).
+//
+// Producer (one thread): Q once, then for key blocks n = n_max - 1 down to n_min, K_n and V_n into
+// the next stage of their own pipelines (K and V are separate so Q K^T of a block can start before
+// its V has landed). Blocks are walked high to low: the causal / window edge comes first, so only
+// the first and last few blocks take the per-element mask.
+//
+// Consumer warp group g (rows 64 g .. 64 g + 63 of the tile), per key block, software-pipelined:
+//   issue S_n = Q K_n^T           (async wgmma, smem x smem)
+//   issue O  += P_{n+1} V_{n+1}   (async wgmma, registers x smem; the previous block's P)
+//   wait S_n; release K_n; mask, online softmax of S_n (overlaps the P.V wgmma)
+//   wait P.V; release V_{n+1}; rescale O; P_n = bf16(S_n)
+// so the tensor cores work on P.V while the softmax of the next block runs.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/numeric_conversion.h>
+
+#include "../params.h"
+#include "softmax.cuh"
+#include "tile.cuh"
+#include "traits.cuh"
+
+namespace sgl_fa3::sm90 {
+
+using namespace cute;
+
+// TMA descriptors of one call (built on the host for the call's pointers, shapes and strides).
+template <class Traits>
+struct TmaDescriptors {
+  using Element = typename Traits::Element;
+  // (rows, d, heads, batch) with the d mode contiguous.
+  using GmemShape = Shape<int32_t, int32_t, int32_t, int32_t>;
+  using GmemStride = Stride<int64_t, _1, int64_t, int64_t>;
+  using GmemTensor = decltype(make_tensor(make_gmem_ptr(static_cast<const Element*>(nullptr)), GmemShape{}, GmemStride{}));
+  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, typename Traits::SmemLayoutQ{},
+                                      Shape<Int<Traits::kBlockM>, Int<Traits::kD>>{}, _1{}));
+  using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, take<0, 2>(typename Traits::SmemLayoutK{}),
+                                      Shape<Int<Traits::kBlockN>, Int<Traits::kD>>{}, _1{}));
+  using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, take<0, 2>(typename Traits::SmemLayoutV{}),
+                                      Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{}));
+  TmaQ q;
+  TmaK k;
+  TmaV v;
+};
+
+// One wgmma batch over the K mode: C (+)= A B, committed and not waited for.
+template <bool kZeroInit, class TiledMma, class TensorA, class TensorB, class TensorC>
+__device__ __forceinline__ void wgmma(TiledMma& mma, TensorA& a, const TensorB& b, TensorC& c) {
+  constexpr bool kARegs = !std::is_base_of_v<GMMA::DescriptorIterator, typename TiledMma::FrgTypeA>;
+  if constexpr (kARegs) warpgroup_fence_operand(a);
+  warpgroup_fence_operand(c);
+  warpgroup_arrive();
+  mma.accumulate_ = kZeroInit ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
+#pragma unroll
+  for (int k = 0; k < size<2>(a); ++k) {
+    cute::gemm(mma, a(_, _, k), b(_, _, k), c);
+    mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  warpgroup_fence_operand(c);
+  if constexpr (kARegs) warpgroup_fence_operand(a);
+}
+
+// fp32 accumulator fragment -> the same elements in the input dtype, two at a time.
+template <class TensorF, class TensorE>
+__device__ __forceinline__ void convert_fragment(const TensorF& f, TensorE& e) {
+  using E = typename TensorE::value_type;
+  static_assert(decltype(size(f))::value % 2 == 0, "fragments convert in pairs");
+  Tensor f2 = recast<cutlass::Array<float, 2>>(f);
+  Tensor e2 = recast<cutlass::Array<E, 2>>(e);
+  cutlass::NumericArrayConverter<E, float, 2> cvt;
+#pragma unroll
+  for (int i = 0; i < size(f2); ++i) e2(i) = cvt(f2(i));
+}
+
+template <class Traits>
+struct Mainloop {
+  using Element = typename Traits::Element;
+  using Pipeline = typename Traits::Pipeline;
+  using PipelineState = typename cutlass::PipelineState<Traits::kStages>;
+  using Work = TileWork<Traits::kBlockM, Traits::kBlockN>;
+  static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
+  static constexpr int kD = Traits::kD, kDV = Traits::kDV;
+
+  // Issued by a single thread of the producer warp group.
+  static __device__ void produce(const FwdParams& p, const TmaDescriptors<Traits>& tma,
+                                 typename Traits::SharedStorage& smem, const Work& w, Pipeline& pipe_k,
+                                 Pipeline& pipe_v, PipelineState& state) {
+    const auto gmem_shape = [](int rows, int dim, int heads, int batch) { return make_shape(rows, dim, heads, batch); };
+    Tensor mQ = tma.q.get_tma_tensor(gmem_shape(p.q_tensor_rows, kD, p.num_heads, p.q_tensor_batch));
+    Tensor mK = tma.k.get_tma_tensor(gmem_shape(p.k_tensor_rows, kD, p.num_heads_k, p.k_tensor_batch));
+    Tensor mV = tma.v.get_tma_tensor(gmem_shape(p.k_tensor_rows, kDV, p.num_heads_k, p.k_tensor_batch));
+    const int q_batch = p.cu_seqlens_q ? 0 : w.batch;
+    const int kv_batch = p.cu_seqlens_k ? 0 : w.seq.b_kv;
+    // (kBlockM, kD) tile of Q; (kBlockN, kD|kDV, n) blocks of K and V.
+    Tensor gQ = local_tile(domain_offset(make_coord(w.seq.q_start, _0{}), mQ(_, _, w.head, q_batch)),
+                           Shape<Int<kBlockM>, Int<kD>>{}, make_coord(w.m_block, _0{}));
+    Tensor gK = local_tile(domain_offset(make_coord(w.seq.k_start, _0{}), mK(_, _, w.head_kv, kv_batch)),
+                           Shape<Int<kBlockN>, Int<kD>>{}, make_coord(_, _0{}));
+    Tensor gV = local_tile(domain_offset(make_coord(w.seq.k_start, _0{}), mV(_, _, w.head_kv, kv_batch)),
+                           Shape<Int<kBlockN>, Int<kDV>>{}, make_coord(_, _0{}));
+    Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutV{});
+    auto [tQg, tQs] = tma_partition(tma.q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+    auto [tKg, tKs] = tma_partition(tma.k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+    auto [tVg, tVs] = tma_partition(tma.v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+
+    using BarrierWord = cutlass::arch::ClusterTransactionBarrier::ValueType;
+    smem.barrier_q.arrive_and_expect_tx(Traits::kBytesQ);
+    copy(tma.q.with(reinterpret_cast<BarrierWord&>(smem.barrier_q), 0), tQg, tQs);
+    for (int n = w.n_block_max - 1; n >= w.n_block_min; --n) {
+      pipe_k.producer_acquire(state);
+      copy(tma.k.with(*pipe_k.producer_get_barrier(state), 0), tKg(_, n), tKs(_, state.index()));
+      pipe_v.producer_acquire(state);
+      copy(tma.v.with(*pipe_v.producer_get_barrier(state), 0), tVg(_, n), tVs(_, state.index()));
+      ++state;
+    }
+  }
+
+  // Runs the key blocks of the tile for this consumer thread (index among all consumer threads).
+  // o arrives zeroed; on return it holds the unnormalised output and softmax the row statistics.
+  template <class FragO, class Softmax>
+  static __device__ void consume(const FwdParams& p, typename Traits::SharedStorage& smem, const Work& w,
+                                 Pipeline& pipe_k, Pipeline& pipe_v, PipelineState& state, int thread_idx,
+                                 FragO& o, Softmax& softmax) {
+    typename Traits::TiledMmaQK mma_qk;
+    typename Traits::TiledMmaPV mma_pv;
+    auto thr_qk = mma_qk.get_thread_slice(thread_idx);
+    auto thr_pv = mma_pv.get_thread_slice(thread_idx);
+    Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutK{});
+    Tensor sVt = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutVt{});
+    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // (MMA, MMA_M, MMA_K) descriptors
+    Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stages)
+    Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stages)
+
+    Tensor s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA, MMA_M, MMA_N) fp32
+    Tensor s_rc = make_tensor(s.data(), rowcol_layout(s.layout()));                  // (rows, cols)
+    Tensor pr = make_tensor_like<Element>(s);                                       // P in the input dtype
+    Tensor tOrP = make_tensor(pr.data(), acc_to_a_layout(s.layout()));               // (MMA, MMA_M, MMA_K)
+    Tensor o_rc = make_tensor(o.data(), rowcol_layout(o.layout()));
+    constexpr int kRows = decltype(size<0>(s_rc))::value;
+
+    // Coordinates of the thread's score elements within the tile, and its rows' key bounds.
+    Tensor coords = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+    Tensor coords_rc = make_tensor(coords.data(), rowcol_layout(coords.layout()));
+    int lo[kRows], hi[kRows];
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) w.row_bounds(w.row0 + get<0>(coords_rc(i, 0)), lo[i], hi[i]);
+
+    const bool softcap = p.softcap > 0.f;
+    const float softcap_in = softcap ? p.softmax_scale / p.softcap : 0.f;
+    // Scores of block n -> masked scores (in place).
+    auto score_transform = [&](int n) {
+      if (softcap) {
+#pragma unroll
+        for (int i = 0; i < size(s); ++i) s(i) = tanhf(s(i) * softcap_in);
+      }
+      if (w.block_needs_mask(n)) {
+        const int key0 = n * kBlockN;
+#pragma unroll
+        for (int i = 0; i < kRows; ++i)
+#pragma unroll
+          for (int j = 0; j < size<1>(s_rc); ++j) {
+            const int key = key0 + get<1>(coords_rc(i, j));
+            if (key < lo[i] || key > hi[i]) s_rc(i, j) = -INFINITY;
+          }
+      }
+    };
+    auto rescale_o = [&](const float(&o_scale)[kRows]) {
+#pragma unroll
+      for (int i = 0; i < kRows; ++i)
+#pragma unroll
+        for (int j = 0; j < size<1>(o_rc); ++j) o_rc(i, j) *= o_scale[i];
+    };
+
+    smem.barrier_q.wait(0);
+    PipelineState state_v = state;
+    float o_scale[kRows];
+
+    int n = w.n_block_max - 1;
+    pipe_k.consumer_wait(state);
+    wgmma<true>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s);
+    warpgroup_wait<0>();
+    pipe_k.consumer_release(state);
+    ++state;
+    score_transform(n);
+    softmax.update(s_rc, o_scale);
+    convert_fragment(s, pr);
+    for (--n; n >= w.n_block_min; --n) {
+      pipe_k.consumer_wait(state);
+      wgmma<true>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s);
+      pipe_v.consumer_wait(state_v);
+      wgmma<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o);
+      warpgroup_wait<1>();
+      pipe_k.consumer_release(state);
+      ++state;
+      score_transform(n);
+      softmax.update(s_rc, o_scale);
+      warpgroup_wait<0>();
+      pipe_v.consumer_release(state_v);
+      ++state_v;
+      rescale_o(o_scale);
+      convert_fragment(s, pr);
+    }
+    pipe_v.consumer_wait(state_v);
+    wgmma<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o);
+    warpgroup_wait<0>();
+    pipe_v.consumer_release(state_v);
+    ++state_v;
+  }
+};
+
+}  // namespace sgl_fa3::sm90

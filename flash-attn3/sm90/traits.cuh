@@ -1,0 +1,103 @@
+// Hopper (sm90a) forward family: tile shapes, shared-memory layouts and MMA types of one
+// instantiation. Everything the hot loop depends on is a compile-time constant here; masks,
+// softcap, sinks, varlen and GQA are runtime fields of FwdParams.
+#pragma once
+
+// 64 x N wgmma atoms for N not a multiple of 32 (N = 80, 112, 176 ...): the tile table uses them.
+#ifndef CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
+#define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
+#endif
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/numeric_types.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+namespace sgl_fa3::sm90 {
+
+using namespace cute;
+
+// The CuTe element type of a CUDA element type.
+template <typename T>
+using CuteElement = std::conditional_t<std::is_same_v<T, __half>, cutlass::half_t, cutlass::bfloat16_t>;
+
+// Widest K-major swizzle atom whose row (kCols 16-bit elements) the tile width is a multiple of.
+template <typename Element, int kCols>
+constexpr auto k_major_atom() {
+  if constexpr (kCols % 64 == 0) return GMMA::Layout_K_SW128_Atom<Element>{};
+  else if constexpr (kCols % 32 == 0) return GMMA::Layout_K_SW64_Atom<Element>{};
+  else return GMMA::Layout_K_SW32_Atom<Element>{};
+}
+
+// Warp-group roles: group 0 produces (one thread issues every TMA), groups 1.. consume (each owns
+// 64 query rows of the tile).
+enum class Role : int { kProducer = 0, kConsumer = 1 };
+
+// Named hardware barriers (ids after the ones CUTLASS reserves).
+enum class BarrierId : int {
+  kEpilogue = 0,  // + consumer group: the group's O rows are in shared memory
+};
+
+template <typename CudaElement, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kStages_>
+struct Traits {
+  using Element = CuteElement<CudaElement>;
+  static constexpr int kD = kD_, kDV = kDV_;
+  static constexpr int kBlockM = kBlockM_, kBlockN = kBlockN_, kStages = kStages_;
+  static constexpr int kConsumerGroups = kBlockM / 64;
+  static constexpr int kConsumerThreads = kConsumerGroups * 128;
+  static constexpr int kThreads = kConsumerThreads + 128;
+  // setmaxnreg split of the 64K registers (multiples of 8; producer + consumers <= 65536 / 128).
+  static constexpr int kProducerRegs = kConsumerGroups == 2 ? 24 : 32;
+  static constexpr int kConsumerRegs = kConsumerGroups == 2 ? 240 : 160;
+
+  static_assert(kBlockM % 64 == 0 && kConsumerGroups >= 2 && kConsumerGroups <= 3,
+                "two or three consumer warp groups of 64 rows");
+  static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "key block: a wgmma N (<= 256) and whole k16 steps of P.V");
+  static_assert(kD % 16 == 0 && kDV % 16 == 0 && kDV <= 256, "head dims: whole k16 steps; dv one wgmma N");
+  static_assert(kStages >= 2, "a K/V stage loads while another is computed on");
+
+  using TileQK = Shape<Int<kBlockM>, Int<kBlockN>, Int<kD>>;   // S = Q K^T: (M, N, K)
+  using TilePV = Shape<Int<kBlockM>, Int<kDV>, Int<kBlockN>>;  // O = P V:   (M, N, K)
+  using GroupLayout = Layout<Shape<Int<kConsumerGroups>, _1, _1>>;
+  // Q and K from shared memory; P from registers, V from shared memory read transposed.
+  using TiledMmaQK = decltype(make_tiled_mma(GMMA::ss_op_selector<Element, Element, float, TileQK>(), GroupLayout{}));
+  using TiledMmaPV = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, float, TilePV, GMMA::Major::K, GMMA::Major::MN>(), GroupLayout{}));
+
+  using SmemLayoutQ = decltype(tile_to_shape(k_major_atom<Element, kD>(), Shape<Int<kBlockM>, Int<kD>>{}));
+  using SmemLayoutK =
+      decltype(tile_to_shape(k_major_atom<Element, kD>(), Shape<Int<kBlockN>, Int<kD>, Int<kStages>>{}));
+  using SmemLayoutV =
+      decltype(tile_to_shape(k_major_atom<Element, kDV>(), Shape<Int<kBlockN>, Int<kDV>, Int<kStages>>{}));
+  // The same V bytes as (kDV, kBlockN, stages): the MN-major B operand of P.V.
+  using SmemLayoutVt = decltype(composition(
+      SmemLayoutV{}, make_ordered_layout(Shape<Int<kDV>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
+  using SmemLayoutO = decltype(tile_to_shape(k_major_atom<Element, kDV>(), Shape<Int<kBlockM>, Int<kDV>>{}));
+
+  // O is staged in Q's bytes when it fits: both layouts tile their atoms rows-first, so the
+  // rows of one consumer group occupy the same bytes in both, and a group overwrites only the Q
+  // rows it alone reads (after its last Q.K^T has completed).
+  static constexpr bool kOInQ =
+      kDV <= kD && std::is_same_v<decltype(k_major_atom<Element, kD>()), decltype(k_major_atom<Element, kDV>())>;
+
+  using Pipeline = cutlass::PipelineTmaAsync<kStages>;
+  static constexpr uint32_t kBytesQ = kBlockM * kD * sizeof(Element);
+  static constexpr uint32_t kBytesK = kBlockN * kD * sizeof(Element);
+  static constexpr uint32_t kBytesV = kBlockN * kDV * sizeof(Element);
+
+  struct SharedStorage {
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k;
+    cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> v;
+    cute::array_aligned<Element, kOInQ ? 8 : cosize_v<SmemLayoutO>, 1024> o;  // unused when kOInQ
+    typename Pipeline::SharedStorage pipe_k, pipe_v;
+    cutlass::arch::ClusterTransactionBarrier barrier_q;
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in the 227 KB of shared memory of a Hopper block");
+};
+
+}  // namespace sgl_fa3::sm90

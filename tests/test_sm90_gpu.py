@@ -1,0 +1,183 @@
+"""The Hopper (TMA + wgmma) family against attention_ref, O and LSE, outputs poisoned first.
+
+Every call here runs with SGL_FLASH_ATTN3_BACKEND=sm90, which makes a call that the Hopper family
+cannot take an error instead of a silent fallback: a passing test ran the Hopper kernel.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from tolerance import assert_within_tolerance, poisoned_like
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9, reason="needs a Hopper GPU"
+    ),
+]
+
+DTYPES = [torch.float16, torch.bfloat16]
+# (d, dv) pairs of the Hopper family (_instantiations.SM90_HEAD_DIM_PAIRS).
+PAIRS = [(64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)]
+HEADS = [(3, 3), (6, 2), (5, 1)]
+# More than a decode's worth of query rows (decode tiles stay on the portable family).
+SEQLENS = [(17, 1), (113, 203), (128, 217), (300, 128), (1023, 1024)]
+
+
+@pytest.fixture(autouse=True)
+def force_sm90(monkeypatch):
+    monkeypatch.setenv("SGL_FLASH_ATTN3_BACKEND", "sm90")
+
+
+def randn(*shape, dtype):
+    return torch.randn(*shape, dtype=dtype, device="cuda")
+
+
+def check(fa3, name, out, lse, q, k, v, factor=2.0, **ref_kwargs):
+    ref = fa3.attention_ref(q, k, v, **ref_kwargs)
+    low = fa3.attention_ref(q, k, v, upcast=False, **ref_kwargs)
+    assert_within_tolerance(f"{name} out", out, ref.out, low.out, factor)
+    assert_within_tolerance(f"{name} lse", lse, ref.lse, low.lse, factor)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dims", PAIRS, ids=[f"d{d}-{dv}" for d, dv in PAIRS])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("seqlens", SEQLENS)
+def test_dense(fa3, dtype, dims, causal, heads, seqlens):
+    torch.manual_seed(hash((str(dtype), dims, causal, heads, seqlens)) % 2**31)
+    (d, dv), (h, h_k), (sq, sk) = dims, heads, seqlens
+    b = 2
+    q, k, v = randn(b, sq, h, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype), randn(b, sk, h_k, dv, dtype=dtype)
+    out = poisoned_like((b, sq, h, dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, return_softmax_lse=True, out=out)
+    check(fa3, "dense", got, lse, q, k, v, causal=causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_long(fa3, dtype, d, causal):
+    torch.manual_seed(11)
+    b, s, h, h_k = 1, 4224, 4, 2
+    q, k, v = randn(b, s, h, d, dtype=dtype), randn(b, s, h_k, d, dtype=dtype), randn(b, s, h_k, d, dtype=dtype)
+    out = poisoned_like((b, s, h, d), dtype, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, return_softmax_lse=True, out=out)
+    check(fa3, "dense 4224", got, lse, q, k, v, causal=causal)
+
+
+# (name, flash_attn kwargs, attention_ref kwargs, tolerance factor)
+FEATURES = [
+    ("window", dict(window_size=(37, 11)), dict(window_size=(37, 11)), 2.0),
+    ("causal-window", dict(causal=True, window_size=(64, -1)), dict(causal=True, window_size=(64, -1)), 2.0),
+    ("chunk", dict(attention_chunk=48), dict(attention_chunk=48), 2.0),
+    ("causal-chunk", dict(causal=True, attention_chunk=96), dict(causal=True, attention_chunk=96), 2.0),
+    ("softcap", dict(softcap=7.5), dict(softcap=7.5), 3.0),
+    ("causal-softcap", dict(causal=True, softcap=2.0), dict(causal=True, softcap=2.0), 3.0),
+    ("scale", dict(softmax_scale=0.3), dict(softmax_scale=0.3), 2.0),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("feature", FEATURES, ids=[f[0] for f in FEATURES])
+@pytest.mark.parametrize("seqlens", [(113, 203), (300, 128), (520, 520)])
+def test_features(fa3, dtype, d, feature, seqlens):
+    name, kwargs, ref_kwargs, factor = feature
+    torch.manual_seed(hash((str(dtype), d, name, seqlens)) % 2**31)
+    (sq, sk), b, h, h_k = seqlens, 2, 6, 2
+    q, k, v = randn(b, sq, h, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype)
+    out = poisoned_like((b, sq, h, d), dtype, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, return_softmax_lse=True, out=out, **kwargs)
+    check(fa3, name, got, lse, q, k, v, factor, **ref_kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads", [(8, 8), (80, 8)])
+def test_sinks(fa3, dtype, causal, heads):
+    torch.manual_seed(5)
+    (h, h_k), b, sq, sk, d = heads, 2, 200, 333, 64
+    q, k, v = randn(b, sq, h, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype)
+    sinks = torch.randn(h, device="cuda", dtype=torch.float32) * 2
+    out = poisoned_like((b, sq, h, d), dtype, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, sinks=sinks, return_softmax_lse=True, out=out)
+    check(fa3, "sinks", got, lse, q, k, v, causal=causal, sinks=sinks)
+
+
+def cu_seqlens(lengths):
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
+
+
+# Zero-length and one-token sequences next to long ones (each batch has > 16 query rows somewhere).
+VARLEN_BATCHES = [
+    ([0, 1, 113, 239, 64, 1], [5, 1, 203, 0, 128, 300]),
+    ([300, 7], [129, 7]),
+    ([17, 1000, 1, 129], [1, 1000, 64, 2000]),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dims", [(64, 64), (128, 128), (256, 256), (192, 128)], ids=["d64", "d128", "d256", "d192-128"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lengths", VARLEN_BATCHES)
+def test_varlen(fa3, dtype, dims, causal, lengths):
+    torch.manual_seed(hash((str(dtype), dims, causal, str(lengths))) % 2**31)
+    (d, dv), (lq, lk), h, h_k = dims, lengths, 6, 2
+    cu_q, cu_k = cu_seqlens(lq), cu_seqlens(lk)
+    q, k, v = randn(sum(lq), h, d, dtype=dtype), randn(sum(lk), h_k, d, dtype=dtype), randn(sum(lk), h_k, dv, dtype=dtype)
+    out = poisoned_like((sum(lq), h, dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_varlen_func(
+        q, k, v, cu_q, cu_k, max(lq), max(lk), causal=causal, return_softmax_lse=True, out=out
+    )
+    check(fa3, "varlen", got, lse, q, k, v, causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_seqused(fa3, dtype, causal):
+    torch.manual_seed(3)
+    lq, lk, used_q, used_k = [200, 50, 300], [300, 90, 310], [150, 0, 300], [250, 90, 7]
+    h, h_k, d = 4, 2, 128
+    cu_q, cu_k = cu_seqlens(lq), cu_seqlens(lk)
+    sq_used = torch.tensor(used_q, dtype=torch.int32, device="cuda")
+    sk_used = torch.tensor(used_k, dtype=torch.int32, device="cuda")
+    q, k, v = randn(sum(lq), h, d, dtype=dtype), randn(sum(lk), h_k, d, dtype=dtype), randn(sum(lk), h_k, d, dtype=dtype)
+    out = poisoned_like((sum(lq), h, d), dtype, "cuda")
+    got, lse = fa3.flash_attn_varlen_func(
+        q, k, v, cu_q, cu_k, max(lq), max(lk), seqused_q=sq_used, seqused_k=sk_used, causal=causal,
+        return_softmax_lse=True, out=out,
+    )
+    check(fa3, "seqused", got, lse, q, k, v, causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+          seqused_q=sq_used, seqused_k=sk_used)
+
+
+def test_strided_views(fa3):
+    """K and V as views into one fused buffer (the last dim contiguous, other strides free)."""
+    torch.manual_seed(9)
+    b, s, h, d = 2, 300, 4, 128
+    q = randn(b, s, h, d, dtype=torch.bfloat16)
+    kv = randn(b, s, 2, h, d, dtype=torch.bfloat16)
+    k, v = kv[:, :, 0], kv[:, :, 1]
+    out = poisoned_like((b, s, h, d), torch.bfloat16, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, causal=True, return_softmax_lse=True, out=out)
+    check(fa3, "strided", got, lse, q, k, v, causal=True)
+
+
+def test_repeatable_bitwise(fa3):
+    torch.manual_seed(1)
+    q, k, v = (randn(2, 777, 4, 128, dtype=torch.bfloat16) for _ in range(3))
+    first = fa3.flash_attn_func(q, k, v, causal=True)
+    for _ in range(3):
+        assert torch.equal(fa3.flash_attn_func(q, k, v, causal=True), first)
+
+
+def test_sm90_request_refuses_what_it_cannot_run(fa3):
+    q = randn(1, 1, 4, 128, dtype=torch.bfloat16)
+    k = randn(1, 64, 4, 128, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="SGL_FLASH_ATTN3_BACKEND=sm90 cannot run this call: a decode"):
+        fa3.flash_attn_func(q, k, k)
