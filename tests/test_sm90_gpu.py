@@ -156,6 +156,23 @@ def test_varlen_seqused(fa3, dtype, causal):
           seqused_q=sq_used, seqused_k=sk_used)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_many_sequences(fa3, causal):
+    """Hundreds of tiles per CTA of the persistent grid, mixing tiles with and without keys."""
+    gen = torch.Generator().manual_seed(21)
+    n = 400
+    lq = torch.randint(0, 300, (n,), generator=gen).tolist()
+    lk = [0 if i % 7 == 0 else x for i, x in enumerate(torch.randint(1, 400, (n,), generator=gen).tolist())]
+    h, h_k, d, dtype = 4, 1, 128, torch.bfloat16
+    cu_q, cu_k = cu_seqlens(lq), cu_seqlens(lk)
+    q, k, v = randn(sum(lq), h, d, dtype=dtype), randn(sum(lk), h_k, d, dtype=dtype), randn(sum(lk), h_k, d, dtype=dtype)
+    out = poisoned_like((sum(lq), h, d), dtype, "cuda")
+    got, lse = fa3.flash_attn_varlen_func(
+        q, k, v, cu_q, cu_k, max(lq), max(lk), causal=causal, return_softmax_lse=True, out=out
+    )
+    check(fa3, "many", got, lse, q, k, v, causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+
+
 def test_strided_views(fa3):
     """K and V as views into one fused buffer (the last dim contiguous, other strides free)."""
     torch.manual_seed(9)

@@ -36,6 +36,9 @@ struct Epilogue {
     Tensor tOsO = thr.partition_C(sO);
     Tensor o_cast = make_tensor_like<Element>(o);
     convert_fragment(o, o_cast);
+    const int group = thread_idx / 128, t = thread_idx % 128;
+    // The group's previous O (when O has its own bytes) has been read by every thread.
+    if constexpr (!Traits::kOInQ) cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
     copy(o_cast, tOsO);
 
     // LSE: the first thread of each quad holds its rows' values.
@@ -50,7 +53,6 @@ struct Epilogue {
       }
     }
 
-    const int group = thread_idx / 128, t = thread_idx % 128;
     cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
     // The group's 64 rows, 8 columns (16 bytes) per access, consecutive threads along a row.
     Element* o_out = static_cast<Element*>(p.o) + w.seq.o_offset + int64_t(w.head) * p.o_head_stride;
@@ -63,6 +65,19 @@ struct Epilogue {
         *reinterpret_cast<uint4*>(o_out + int64_t(row) * p.o_row_stride + col) =
             *reinterpret_cast<const uint4*>(&sO(r, col));
     }
+  }
+
+  // Rows of a tile that sees no key: O = 0, LSE = the sink (-inf without sinks).
+  static __device__ void store_empty(const FwdParams& p, const Work& w, int thread_idx, float sink) {
+    const int group = thread_idx / 128, t = thread_idx % 128;
+    Element* o_out = static_cast<Element*>(p.o) + w.seq.o_offset + int64_t(w.head) * p.o_head_stride;
+    constexpr int kChunksPerRow = kDV / 8;
+    for (int c = t; c < 64 * kChunksPerRow; c += 128) {
+      const int row = w.row0 + group * 64 + c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+      if (row <= w.last_row) *reinterpret_cast<uint4*>(o_out + int64_t(row) * p.o_row_stride + col) = uint4{0, 0, 0, 0};
+    }
+    const int row = w.row0 + group * 64 + t;
+    if (t < 64 && row <= w.last_row) p.lse[w.seq.lse_offset + int64_t(w.head) * p.lse_head_stride + row] = sink;
   }
 };
 

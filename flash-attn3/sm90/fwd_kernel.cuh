@@ -1,11 +1,12 @@
 // Hopper (sm90a) forward kernel: warp-specialized, TMA + wgmma.
 //
-// One CTA = one tile of kBlockM query rows of one head of one batch row; tiles are issued
-// longest first (highest m_block first, which for causal masks has the most keys).
-// Warp group 0 produces: after giving up registers, one thread issues the TMA loads of Q and of
-// the K/V blocks into kStages-deep pipelines (mbarrier transaction counts). Warp groups 1..G
-// consume: each takes 64 query rows, runs the main loop (mainloop.cuh) with the registers the
-// producer gave up, then the epilogue (epilogue.cuh).
+// Persistent: one CTA per SM walks tiles of kBlockM query rows of one head of one batch row
+// (scheduler.cuh: longest first). Warp group 0 produces: after giving up registers, one warp
+// issues the TMA loads of Q and of the K/V blocks into kStages-deep pipelines (mbarrier
+// transaction counts), running ahead into the next tile while the consumers finish the current
+// one. Warp groups 1..G consume: each takes 64 query rows of the tile, runs the main loop
+// (mainloop.cuh) with the registers the producer gave up, then the epilogue (epilogue.cuh).
+// Tiles whose rows see no key skip the pipelines: the consumers write their empty rows directly.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -14,6 +15,7 @@
 #include "../params.h"
 #include "epilogue.cuh"
 #include "mainloop.cuh"
+#include "scheduler.cuh"
 #include "softmax.cuh"
 #include "tile.cuh"
 #include "traits.cuh"
@@ -24,6 +26,7 @@ template <class Traits>
 struct KernelArgs {
   FwdParams params;
   TmaDescriptors<Traits> tma;
+  TileScheduler scheduler;
 };
 
 template <class Traits>
@@ -35,11 +38,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
   auto& smem = *reinterpret_cast<typename Traits::SharedStorage*>(smem_buf);
   const FwdParams& p = args.params;
 
-  const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);
-  const typename Loop::Work w(p, m_block, int(blockIdx.y), int(blockIdx.z));
-  if (!w.has_rows()) return;  // the whole CTA: a tile past this batch row's queries
   const Role role = threadIdx.x < 128 ? Role::kProducer : Role::kConsumer;
-
   typename Pipeline::Params pipe_params;
   pipe_params.role = role == Role::kProducer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
   pipe_params.is_leader = threadIdx.x == 0;
@@ -51,27 +50,51 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
   Pipeline pipe_v(smem.pipe_v, pipe_params, Shape<_1, _1, _1>{});
   __syncthreads();  // barriers initialised before any thread uses them
 
+  const TileScheduler& scheduler = args.scheduler;
+  const auto tile = [&](int64_t t) {
+    int m_block, head, batch;
+    scheduler.coords(t, m_block, head, batch);
+    return typename Loop::Work(p, m_block, head, batch);
+  };
   if (role == Role::kProducer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    if (threadIdx.x == 0 && w.has_keys()) {
-      auto state = cutlass::make_producer_start_state<Pipeline>();
-      Loop::produce(p, args.tma, smem, w, pipe_k, pipe_v, state);
+    if (threadIdx.x >= 32) return;  // one warp issues every load
+    auto state = cutlass::make_producer_start_state<Pipeline>();
+    for (int64_t t = blockIdx.x; t < scheduler.num_tiles(); t += gridDim.x) {
+      const typename Loop::Work w = tile(t);
+      if (w.has_rows() && w.has_keys()) Loop::produce(p, args.tma, smem, w, pipe_k, pipe_v, state, int(threadIdx.x));
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    const int thread_idx = int(threadIdx.x) - 128;
-    Tensor o = partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{});
-    constexpr int kRows = decltype(size<0>(make_tensor(o.data(), rowcol_layout(o.layout()))))::value;
+    const int thread_idx = int(threadIdx.x) - 128, group = thread_idx / 128;
     constexpr float kLog2e = 1.4426950408889634f;
-    OnlineSoftmax<kRows> softmax((p.softcap > 0.f ? p.softcap : p.softmax_scale) * kLog2e);
-    clear(o);
-    if (w.has_keys()) {
-      typename Loop::PipelineState state;
-      Loop::consume(p, smem, w, pipe_k, pipe_v, state, thread_idx, o, softmax);
+    const float score_to_log2 = (p.softcap > 0.f ? p.softcap : p.softmax_scale) * kLog2e;
+    // The first tile's Q may load at once; the last group hands the first wgmma turn to group 0.
+    cutlass::arch::NamedBarrier::arrive(Traits::kConsumerThreads + 32, int(BarrierId::kQueryEmpty));
+    if (Traits::kPingPong && group == Traits::kConsumerGroups - 1)
+      cutlass::arch::NamedBarrier::arrive(256, int(BarrierId::kScheduler));
+    typename Loop::PipelineState state;
+    int q_phase = 0;
+    for (int64_t t = blockIdx.x; t < scheduler.num_tiles(); t += gridDim.x) {
+      const typename Loop::Work w = tile(t);
+      if (!w.has_rows()) continue;
+      const float sink = p.sinks ? p.sinks[w.head] : -INFINITY;
+      if (!w.has_keys()) {
+        Epilogue<Traits>::store_empty(p, w, thread_idx, sink);
+        continue;
+      }
+      Tensor o = partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{});
+      constexpr int kRows = decltype(size<0>(make_tensor(o.data(), rowcol_layout(o.layout()))))::value;
+      OnlineSoftmax<kRows> softmax(score_to_log2);
+      clear(o);
+      Loop::consume(p, smem, w, pipe_k, pipe_v, state, q_phase, thread_idx, o, softmax);
+      q_phase ^= 1;
+      float o_scale[kRows], lse[kRows];
+      softmax.finalize(sink, o_scale, lse);
+      Epilogue<Traits>::store(p, smem, w, thread_idx, o, o_scale, lse);
+      if constexpr (Traits::kOInQ)
+        cutlass::arch::NamedBarrier::arrive(Traits::kConsumerThreads + 32, int(BarrierId::kQueryEmpty));
     }
-    float o_scale[kRows], lse[kRows];
-    softmax.finalize(p.sinks ? p.sinks[w.head] : -INFINITY, o_scale, lse);
-    Epilogue<Traits>::store(p, smem, w, thread_idx, o, o_scale, lse);
   }
 #endif
 }

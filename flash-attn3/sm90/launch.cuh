@@ -3,29 +3,35 @@
 #pragma once
 
 #include "../registry.h"
+#include <algorithm>
+
 #include "fwd_kernel.cuh"
+#include "scheduler.cuh"
 
 namespace sgl_fa3::sm90 {
 
-// Tiles per (d, dv): kM rows (64 per consumer warp group), kN keys per block, K/V stages.
+// Tiles per (d, dv): kM rows (64 per consumer warp group), kN keys per block, K/V stages, and
+// whether the consumer groups take turns issuing wgmmas (ping-pong).
 // Shared memory holds Q, kStages K and V blocks (and O when it cannot reuse Q's bytes) within
 // 227 KB; the consumers' registers hold S (kN / 2 per thread), P and O (dv / 2 per thread).
 //   d64:   three consumer groups (192 rows): with small head dims the softmax, not the MMA, is
 //          the limit, and more rows per K/V block amortise the loads.
 //   d128:  128 x 128: S + O + P = 64 + 64 + 32 registers per thread next to the addressing.
+//   d192:  kN 96 (112 with dv 128) keeps two stages within the shared memory.
 //   d256:  128 x 80: two stages of 80-key K and V blocks plus Q fill the 227 KB.
 // clang-format off
 template <int kD, int kDV> struct Tile;
-template <> struct Tile<64, 64>   { static constexpr int kM = 192, kN = 128, kStages = 2; };
-template <> struct Tile<96, 96>   { static constexpr int kM = 128, kN = 128, kStages = 2; };
-template <> struct Tile<128, 128> { static constexpr int kM = 128, kN = 128, kStages = 2; };
-template <> struct Tile<192, 192> { static constexpr int kM = 128, kN = 96,  kStages = 2; };
-template <> struct Tile<192, 128> { static constexpr int kM = 128, kN = 112, kStages = 2; };
-template <> struct Tile<256, 256> { static constexpr int kM = 128, kN = 80,  kStages = 2; };
+template <> struct Tile<64, 64>   { static constexpr int kM = 192, kN = 128, kStages = 2; static constexpr bool kPingPong = true; };
+template <> struct Tile<96, 96>   { static constexpr int kM = 128, kN = 128, kStages = 2; static constexpr bool kPingPong = true; };
+template <> struct Tile<128, 128> { static constexpr int kM = 128, kN = 128, kStages = 2; static constexpr bool kPingPong = true; };
+template <> struct Tile<192, 192> { static constexpr int kM = 128, kN = 96,  kStages = 2; static constexpr bool kPingPong = true; };
+template <> struct Tile<192, 128> { static constexpr int kM = 128, kN = 112, kStages = 2; static constexpr bool kPingPong = true; };
+template <> struct Tile<256, 256> { static constexpr int kM = 128, kN = 80,  kStages = 2; static constexpr bool kPingPong = true; };
 // clang-format on
 
 template <typename CudaElement, int kD, int kDV>
-using TraitsFor = Traits<CudaElement, kD, kDV, Tile<kD, kDV>::kM, Tile<kD, kDV>::kN, Tile<kD, kDV>::kStages>;
+using TraitsFor = Traits<CudaElement, kD, kDV, Tile<kD, kDV>::kM, Tile<kD, kDV>::kN, Tile<kD, kDV>::kStages,
+                         Tile<kD, kDV>::kPingPong>;
 
 // A TMA box cannot have a zero stride; a mode of extent 1 never moves, so any aligned stride does.
 inline int64_t tma_stride(int extent, int64_t stride, int64_t fallback) { return extent == 1 ? fallback : stride; }
@@ -39,7 +45,7 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                        make_stride(tma_stride(rows, row_stride, dim), _1{}, tma_stride(heads, head_stride, dim),
                                    tma_stride(batch, batch_stride, dim)));
   };
-  KernelArgs<Traits> args{p, {}};
+  KernelArgs<Traits> args{p, {}, {}};
   args.tma.q = make_tma_copy(SM90_TMA_LOAD{},
                              gmem(p.q, p.q_tensor_rows, Traits::kD, p.num_heads, p.q_tensor_batch, p.q_row_stride,
                                   p.q_head_stride, p.q_batch_stride),
@@ -59,9 +65,15 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
   constexpr int kSmem = Traits::kSmemBytes;
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  const int m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
-  const dim3 grid(unsigned(m_blocks), unsigned(p.num_heads), unsigned(p.batch));
-  if (grid.x == 0 || grid.z == 0) return cudaSuccess;
+  const TileScheduler scheduler{(p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, p.num_heads, p.batch};
+  const int64_t tiles = scheduler.num_tiles();
+  if (tiles == 0) return cudaSuccess;
+  int device = 0, num_sms = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
+  // Persistent: one CTA per SM (the tile uses the whole shared memory), each walking the tiles.
+  const dim3 grid(unsigned(std::min<int64_t>(tiles, num_sms)));
+  args.scheduler = scheduler;
   kernel<<<grid, Traits::kThreads, kSmem, stream>>>(args);
   return cudaGetLastError();
 }

@@ -84,10 +84,10 @@ struct Mainloop {
   static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
   static constexpr int kD = Traits::kD, kDV = Traits::kDV;
 
-  // Issued by a single thread of the producer warp group.
+  // Run by the 32 lanes of the producer warp for each tile with keys; lane 0 issues the copies.
   static __device__ void produce(const FwdParams& p, const TmaDescriptors<Traits>& tma,
                                  typename Traits::SharedStorage& smem, const Work& w, Pipeline& pipe_k,
-                                 Pipeline& pipe_v, PipelineState& state) {
+                                 Pipeline& pipe_v, PipelineState& state, int lane) {
     const auto gmem_shape = [](int rows, int dim, int heads, int batch) { return make_shape(rows, dim, heads, batch); };
     Tensor mQ = tma.q.get_tma_tensor(gmem_shape(p.q_tensor_rows, kD, p.num_heads, p.q_tensor_batch));
     Tensor mK = tma.k.get_tma_tensor(gmem_shape(p.k_tensor_rows, kD, p.num_heads_k, p.k_tensor_batch));
@@ -104,28 +104,44 @@ struct Mainloop {
     Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutK{});
     Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutV{});
-    auto [tQg, tQs] = tma_partition(tma.q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
-    auto [tKg, tKs] = tma_partition(tma.k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
-    auto [tVg, tVs] = tma_partition(tma.v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+    auto part_q = tma_partition(tma.q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+    Tensor tQg = get<0>(part_q);
+    Tensor tQs = get<1>(part_q);
+    auto part_k = tma_partition(tma.k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+    Tensor tKg = get<0>(part_k);
+    Tensor tKs = get<1>(part_k);
+    auto part_v = tma_partition(tma.v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+    Tensor tVg = get<0>(part_v);
+    Tensor tVs = get<1>(part_v);
 
-    using BarrierWord = cutlass::arch::ClusterTransactionBarrier::ValueType;
-    smem.barrier_q.arrive_and_expect_tx(Traits::kBytesQ);
-    copy(tma.q.with(reinterpret_cast<BarrierWord&>(smem.barrier_q), 0), tQg, tQs);
-    for (int n = w.n_block_max - 1; n >= w.n_block_min; --n) {
+    auto load_kv = [&](int n) {
       pipe_k.producer_acquire(state);
-      copy(tma.k.with(*pipe_k.producer_get_barrier(state), 0), tKg(_, n), tKs(_, state.index()));
+      if (lane == 0) copy(tma.k.with(*pipe_k.producer_get_barrier(state), 0), tKg(_, n), tKs(_, state.index()));
       pipe_v.producer_acquire(state);
-      copy(tma.v.with(*pipe_v.producer_get_barrier(state), 0), tVg(_, n), tVs(_, state.index()));
+      if (lane == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(state), 0), tVg(_, n), tVs(_, state.index()));
       ++state;
+    };
+    // The first block streams in while the consumers finish the previous tile; Q waits until
+    // they no longer read the previous Q (nor, when O lives in Q's bytes, the previous O).
+    int n = w.n_block_max - 1;
+    load_kv(n);
+    cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads + 32, int(BarrierId::kQueryEmpty));
+    if (lane == 0) {
+      using BarrierWord = cutlass::arch::ClusterTransactionBarrier::ValueType;
+      smem.barrier_q.arrive_and_expect_tx(Traits::kBytesQ);
+      copy(tma.q.with(reinterpret_cast<BarrierWord&>(smem.barrier_q), 0), tQg, tQs);
     }
+    for (--n; n >= w.n_block_min; --n) load_kv(n);
   }
 
   // Runs the key blocks of the tile for this consumer thread (index among all consumer threads).
   // o arrives zeroed; on return it holds the unnormalised output and softmax the row statistics.
+  // q_phase: parity of this tile's Q arrival. Unless O is staged in Q's bytes, the consumers
+  // release Q (kQueryEmpty) as soon as their last Q K^T has completed.
   template <class FragO, class Softmax>
   static __device__ void consume(const FwdParams& p, typename Traits::SharedStorage& smem, const Work& w,
-                                 Pipeline& pipe_k, Pipeline& pipe_v, PipelineState& state, int thread_idx,
-                                 FragO& o, Softmax& softmax) {
+                                 Pipeline& pipe_k, Pipeline& pipe_v, PipelineState& state, int q_phase,
+                                 int thread_idx, FragO& o, Softmax& softmax) {
     typename Traits::TiledMmaQK mma_qk;
     typename Traits::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(thread_idx);
@@ -176,15 +192,32 @@ struct Mainloop {
 #pragma unroll
         for (int j = 0; j < size<1>(o_rc); ++j) o_rc(i, j) *= o_scale[i];
     };
+    // Ping-pong: wait for this group's turn before issuing wgmmas, pass it on after.
+    const int group = thread_idx / 128;
+    auto take_turn = [&] {
+      if constexpr (Traits::kPingPong)
+        cutlass::arch::NamedBarrier::sync(256, int(BarrierId::kScheduler) + group);
+    };
+    auto pass_turn = [&] {
+      if constexpr (Traits::kPingPong)
+        cutlass::arch::NamedBarrier::arrive(256, int(BarrierId::kScheduler) + (group + 1) % Traits::kConsumerGroups);
+    };
+    auto release_q = [&](int n) {
+      if (!Traits::kOInQ && n == w.n_block_min)
+        cutlass::arch::NamedBarrier::arrive(Traits::kConsumerThreads + 32, int(BarrierId::kQueryEmpty));
+    };
 
-    smem.barrier_q.wait(0);
+    smem.barrier_q.wait(q_phase);
     PipelineState state_v = state;
     float o_scale[kRows];
 
     int n = w.n_block_max - 1;
     pipe_k.consumer_wait(state);
+    take_turn();
     wgmma<true>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s);
+    pass_turn();
     warpgroup_wait<0>();
+    release_q(n);
     pipe_k.consumer_release(state);
     ++state;
     score_transform(n);
@@ -192,10 +225,13 @@ struct Mainloop {
     convert_fragment(s, pr);
     for (--n; n >= w.n_block_min; --n) {
       pipe_k.consumer_wait(state);
-      wgmma<true>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s);
       pipe_v.consumer_wait(state_v);
+      take_turn();
+      wgmma<true>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s);
       wgmma<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o);
+      pass_turn();
       warpgroup_wait<1>();
+      release_q(n);
       pipe_k.consumer_release(state);
       ++state;
       score_transform(n);
@@ -207,10 +243,11 @@ struct Mainloop {
       convert_fragment(s, pr);
     }
     pipe_v.consumer_wait(state_v);
+    take_turn();
     wgmma<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o);
+    pass_turn();
     warpgroup_wait<0>();
     pipe_v.consumer_release(state_v);
-    ++state_v;
   }
 };
 

@@ -3,10 +3,9 @@
 // softcap, sinks, varlen and GQA are runtime fields of FwdParams.
 #pragma once
 
-// 64 x N wgmma atoms for N not a multiple of 32 (N = 80, 112, 176 ...): the tile table uses them.
-#ifndef CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
-#define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
-#endif
+// The tile table uses 64 x N wgmma atoms with N not a power of two (80, 96, 112 ...): CuTe offers
+// them only with CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED defined before its first include, so the
+// build defines it for the whole family (build.toml) and the static_asserts below check it.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -36,16 +35,21 @@ constexpr auto k_major_atom() {
 // 64 query rows of the tile).
 enum class Role : int { kProducer = 0, kConsumer = 1 };
 
-// Named hardware barriers (ids after the ones CUTLASS reserves).
+// Named hardware barriers (ids after the ones CUTLASS reserves; at most 8).
 enum class BarrierId : int {
-  kEpilogue = 0,  // + consumer group: the group's O rows are in shared memory
+  kQueryEmpty = 0,  // consumers are done with the previous tile's Q / O bytes: the next Q may load
+  kEpilogue = 1,    // + consumer group: the group's O rows are in shared memory
+  kScheduler = 4,   // + consumer group: the group's turn to issue its wgmmas
 };
 
-template <typename CudaElement, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kStages_>
+template <typename CudaElement, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kStages_, bool kPingPong_>
 struct Traits {
   using Element = CuteElement<CudaElement>;
   static constexpr int kD = kD_, kDV = kDV_;
   static constexpr int kBlockM = kBlockM_, kBlockN = kBlockN_, kStages = kStages_;
+  // Consumer groups take turns issuing their wgmmas, so one group's softmax runs while the
+  // tensor cores work for another.
+  static constexpr bool kPingPong = kPingPong_;
   static constexpr int kConsumerGroups = kBlockM / 64;
   static constexpr int kConsumerThreads = kConsumerGroups * 128;
   static constexpr int kThreads = kConsumerThreads + 128;
@@ -67,6 +71,11 @@ struct Traits {
   using TiledMmaPV = decltype(make_tiled_mma(
       GMMA::rs_op_selector<Element, Element, float, TilePV, GMMA::Major::K, GMMA::Major::MN>(), GroupLayout{}));
 
+  static_assert(size<1>(typename TiledMmaQK::AtomShape_MNK{}) == kBlockN,
+                "S = Q K^T must be one wgmma per k16 step (define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)");
+  static_assert(size<1>(typename TiledMmaPV::AtomShape_MNK{}) == kDV,
+                "O = P V must be one wgmma per k16 step (define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)");
+
   using SmemLayoutQ = decltype(tile_to_shape(k_major_atom<Element, kD>(), Shape<Int<kBlockM>, Int<kD>>{}));
   using SmemLayoutK =
       decltype(tile_to_shape(k_major_atom<Element, kD>(), Shape<Int<kBlockN>, Int<kD>, Int<kStages>>{}));
@@ -77,11 +86,17 @@ struct Traits {
       SmemLayoutV{}, make_ordered_layout(Shape<Int<kDV>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
   using SmemLayoutO = decltype(tile_to_shape(k_major_atom<Element, kDV>(), Shape<Int<kBlockM>, Int<kDV>>{}));
 
-  // O is staged in Q's bytes when it fits: both layouts tile their atoms rows-first, so the
+  // O gets its own bytes when they fit, so the next tile's Q can load as soon as the last Q K^T
+  // is done. Otherwise O is staged in Q's bytes: both layouts tile their atoms rows-first, so the
   // rows of one consumer group occupy the same bytes in both, and a group overwrites only the Q
-  // rows it alone reads (after its last Q.K^T has completed).
-  static constexpr bool kOInQ =
-      kDV <= kD && std::is_same_v<decltype(k_major_atom<Element, kD>()), decltype(k_major_atom<Element, kDV>())>;
+  // rows it alone reads (after its last Q K^T has completed).
+  static constexpr int kSmemMainBytes =
+      int(sizeof(Element)) * (cosize_v<SmemLayoutQ> + cosize_v<SmemLayoutK> + cosize_v<SmemLayoutV>);
+  static constexpr int kSmemOBytes = int(sizeof(Element)) * cosize_v<SmemLayoutO>;
+  static constexpr bool kOInQ = kSmemMainBytes + kSmemOBytes > 224 * 1024;
+  static_assert(!kOInQ || (kDV <= kD && std::is_same_v<decltype(k_major_atom<Element, kD>()),
+                                                       decltype(k_major_atom<Element, kDV>())>),
+                "O must fit in Q's bytes row for row");
 
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
   static constexpr uint32_t kBytesQ = kBlockM * kD * sizeof(Element);
