@@ -77,6 +77,9 @@ struct FwdParams {
   float* o_partial;    // (num_splits, lse_rows, dv) fp32
   float* lse_partial;  // (num_splits, lse_rows) fp32
 
+  // A zeroed int32 the Hopper family's persistent grid hands out tiles with (nullptr elsewhere).
+  int* tile_counter;
+
   DType dtype;
 };
 

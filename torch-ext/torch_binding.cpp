@@ -310,7 +310,12 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     p.num_splits = 1;
     p.n_blocks_per_split = 0;
     const torch::stable::accelerator::DeviceGuard guard(device);
-    check_launch(sm90->prefill.launch(p, current_stream(device)), "attention kernel launch");
+    const cudaStream_t stream = current_stream(device);
+    // The persistent grid's tile counter, zeroed on the stream (graph-capturable).
+    Tensor counter = torch::stable::new_empty(q, {1}, ScalarType::Int);
+    p.tile_counter = static_cast<int*>(counter.data_ptr());
+    check_launch(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream), "tile counter reset");
+    check_launch(sm90->prefill.launch(p, stream), "attention kernel launch");
     return;
   }
   const sgl_fa3::FwdKernel& kernel = plan.decode ? kernels.decode : kernels.prefill;

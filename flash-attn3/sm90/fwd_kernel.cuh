@@ -1,12 +1,13 @@
 // Hopper (sm90a) forward kernel: warp-specialized, TMA + wgmma.
 //
 // Persistent: one CTA per SM walks tiles of kBlockM query rows of one head of one batch row
-// (scheduler.cuh: longest first). Warp group 0 produces: after giving up registers, one warp
+// (scheduler.cuh: drawn from a global counter). Warp group 0 produces: after giving up registers, one warp
 // issues the TMA loads of Q and of the K/V blocks into kStages-deep pipelines (mbarrier
 // transaction counts), running ahead into the next tile while the consumers finish the current
 // one. Warp groups 1..G consume: each takes 64 query rows of the tile, runs the main loop
 // (mainloop.cuh) with the registers the producer gave up, then the epilogue (epilogue.cuh).
 // Tiles whose rows see no key skip the pipelines: the consumers write their empty rows directly.
+// The producer draws each next tile and hands its index to the consumers through shared memory.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -56,13 +57,25 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     scheduler.coords(t, m_block, head, batch);
     return typename Loop::Work(p, m_block, head, batch);
   };
+  constexpr int kHandoffThreads = Traits::kConsumerThreads + 32;
   if (role == Role::kProducer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (threadIdx.x >= 32) return;  // one warp issues every load
+    const int lane = int(threadIdx.x);
     auto state = cutlass::make_producer_start_state<Pipeline>();
-    for (int64_t t = blockIdx.x; t < scheduler.num_tiles(); t += gridDim.x) {
+    bool first = true;
+    for (int64_t t = blockIdx.x; t < scheduler.num_tiles();) {
       const typename Loop::Work w = tile(t);
-      if (w.has_rows() && w.has_keys()) Loop::produce(p, args.tma, smem, w, pipe_k, pipe_v, state, int(threadIdx.x));
+      if (w.has_rows() && w.has_keys()) Loop::produce(p, args.tma, smem, w, pipe_k, pipe_v, state, lane);
+      // Draw the next tile while the consumers work on this one, and publish it to them.
+      int64_t next = 0;
+      if (lane == 0) next = scheduler.next(int(gridDim.x));
+      next = __shfl_sync(0xffffffff, next, 0);
+      if (!first) cutlass::arch::NamedBarrier::sync(kHandoffThreads, int(BarrierId::kTileEmpty));
+      first = false;
+      if (lane == 0) smem.next_tile = next;
+      cutlass::arch::NamedBarrier::arrive(kHandoffThreads, int(BarrierId::kTileFull));
+      t = next;
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
@@ -70,30 +83,34 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     constexpr float kLog2e = 1.4426950408889634f;
     const float score_to_log2 = (p.softcap > 0.f ? p.softcap : p.softmax_scale) * kLog2e;
     // The first tile's Q may load at once; the last group hands the first wgmma turn to group 0.
-    cutlass::arch::NamedBarrier::arrive(Traits::kConsumerThreads + 32, int(BarrierId::kQueryEmpty));
+    cutlass::arch::NamedBarrier::arrive(kHandoffThreads, int(BarrierId::kQueryEmpty));
     if (Traits::kPingPong && group == Traits::kConsumerGroups - 1)
       cutlass::arch::NamedBarrier::arrive(256, int(BarrierId::kScheduler));
     typename Loop::PipelineState state;
     int q_phase = 0;
-    for (int64_t t = blockIdx.x; t < scheduler.num_tiles(); t += gridDim.x) {
+    for (int64_t t = blockIdx.x; t < scheduler.num_tiles();) {
       const typename Loop::Work w = tile(t);
-      if (!w.has_rows()) continue;
-      const float sink = p.sinks ? p.sinks[w.head] : -INFINITY;
-      if (!w.has_keys()) {
-        Epilogue<Traits>::store_empty(p, w, thread_idx, sink);
-        continue;
+      if (w.has_rows()) {
+        const float sink = p.sinks ? p.sinks[w.head] : -INFINITY;
+        if (w.has_keys()) {
+          Tensor o =
+              partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{});
+          constexpr int kRows = decltype(size<0>(make_tensor(o.data(), rowcol_layout(o.layout()))))::value;
+          OnlineSoftmax<kRows> softmax(score_to_log2);
+          clear(o);
+          Loop::consume(p, smem, w, pipe_k, pipe_v, state, q_phase, thread_idx, o, softmax);
+          q_phase ^= 1;
+          float o_scale[kRows], lse[kRows];
+          softmax.finalize(sink, o_scale, lse);
+          Epilogue<Traits>::store(p, smem, w, thread_idx, o, o_scale, lse);
+          if constexpr (Traits::kOInQ) cutlass::arch::NamedBarrier::arrive(kHandoffThreads, int(BarrierId::kQueryEmpty));
+        } else {
+          Epilogue<Traits>::store_empty(p, w, thread_idx, sink);
+        }
       }
-      Tensor o = partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{});
-      constexpr int kRows = decltype(size<0>(make_tensor(o.data(), rowcol_layout(o.layout()))))::value;
-      OnlineSoftmax<kRows> softmax(score_to_log2);
-      clear(o);
-      Loop::consume(p, smem, w, pipe_k, pipe_v, state, q_phase, thread_idx, o, softmax);
-      q_phase ^= 1;
-      float o_scale[kRows], lse[kRows];
-      softmax.finalize(sink, o_scale, lse);
-      Epilogue<Traits>::store(p, smem, w, thread_idx, o, o_scale, lse);
-      if constexpr (Traits::kOInQ)
-        cutlass::arch::NamedBarrier::arrive(Traits::kConsumerThreads + 32, int(BarrierId::kQueryEmpty));
+      cutlass::arch::NamedBarrier::sync(kHandoffThreads, int(BarrierId::kTileFull));
+      t = smem.next_tile;
+      cutlass::arch::NamedBarrier::arrive(kHandoffThreads, int(BarrierId::kTileEmpty));
     }
   }
 #endif

@@ -39,7 +39,9 @@ enum class Role : int { kProducer = 0, kConsumer = 1 };
 enum class BarrierId : int {
   kQueryEmpty = 0,  // consumers are done with the previous tile's Q / O bytes: the next Q may load
   kEpilogue = 1,    // + consumer group: the group's O rows are in shared memory
-  kScheduler = 4,   // + consumer group: the group's turn to issue its wgmmas
+  kScheduler = 4,   // + consumer group (two groups): the group's turn to issue its wgmmas
+  kTileFull = 6,    // the producer has published the next tile index
+  kTileEmpty = 7,   // the consumers have read it
 };
 
 template <typename CudaElement, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kStages_, bool kPingPong_>
@@ -50,6 +52,7 @@ struct Traits {
   // Consumer groups take turns issuing their wgmmas, so one group's softmax runs while the
   // tensor cores work for another.
   static constexpr bool kPingPong = kPingPong_;
+  static_assert(!kPingPong || kBlockM == 128, "ping-pong alternates two consumer groups (barrier ids)");
   static constexpr int kConsumerGroups = kBlockM / 64;
   static constexpr int kConsumerThreads = kConsumerGroups * 128;
   static constexpr int kThreads = kConsumerThreads + 128;
@@ -110,6 +113,7 @@ struct Traits {
     cute::array_aligned<Element, kOInQ ? 8 : cosize_v<SmemLayoutO>, 1024> o;  // unused when kOInQ
     typename Pipeline::SharedStorage pipe_k, pipe_v;
     cutlass::arch::ClusterTransactionBarrier barrier_q;
+    int64_t next_tile;  // producer -> consumers (kTileFull / kTileEmpty)
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in the 227 KB of shared memory of a Hopper block");
