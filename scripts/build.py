@@ -14,6 +14,7 @@ Needs: torch (a CUDA build), nvcc (CUDA_HOME or on PATH), ninja, nvidia-cutlass 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -248,7 +249,11 @@ def main() -> int:
     built_caps = [c for c in all_caps if archs is None or c in archs]
 
     variant_dir = ROOT / "build" / variant
-    scratch = ROOT / "build" / ".ninja" / variant
+    # A partial build gets its own ninja directory: ninja drops the header dependencies of
+    # objects missing from a manifest, so sharing one with the full build would leave stale objects.
+    partial = "-".join(x for x in (args.filter, args.archs) if x)
+    tag = f"-partial-{hashlib.sha1(partial.encode()).hexdigest()[:8]}" if partial else ""
+    scratch = ROOT / "build" / ".ninja" / (variant + tag)
     if variant_dir.exists():
         shutil.rmtree(variant_dir)
     variant_dir.mkdir(parents=True)

@@ -11,6 +11,14 @@ from tolerance import assert_within_tolerance, poisoned_like
 
 pytestmark = pytest.mark.gpu
 
+
+@pytest.fixture(autouse=True, params=["auto", "portable"])
+def backend(request, monkeypatch):
+    """Every test runs on the automatic choice (the Hopper family for prefill on sm90) and on the
+    portable family forced."""
+    monkeypatch.setenv("SGL_FLASH_ATTN3_BACKEND", request.param)
+    return request.param
+
 DTYPES = [torch.float16, torch.bfloat16]
 HEAD_DIMS = [64, 128]
 # (heads_q, heads_kv): MHA, GQA, MQA with odd head counts.

@@ -44,7 +44,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
   pipe_params.role = role == Role::kProducer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
   pipe_params.is_leader = threadIdx.x == 0;
   pipe_params.num_consumers = Traits::kConsumerThreads;
-  if (threadIdx.x == 0) smem.barrier_q.init(1);
+  if (threadIdx.x == 0) {
+    smem.barrier_q.init(1);
+    smem.tile_full.init(1);
+    smem.tile_empty.init(Traits::kConsumerThreads);
+  }
   pipe_params.transaction_bytes = Traits::kBytesK;
   Pipeline pipe_k(smem.pipe_k, pipe_params, Shape<_1, _1, _1>{});
   pipe_params.transaction_bytes = Traits::kBytesV;
@@ -57,25 +61,26 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     scheduler.coords(t, m_block, head, batch);
     return typename Loop::Work(p, m_block, head, batch);
   };
-  constexpr int kHandoffThreads = Traits::kConsumerThreads + 32;
+  constexpr int kQueryEmptyThreads = Traits::kConsumerThreads + 32;  // consumers + the producer warp
   if (role == Role::kProducer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (threadIdx.x >= 32) return;  // one warp issues every load
     const int lane = int(threadIdx.x);
     auto state = cutlass::make_producer_start_state<Pipeline>();
-    bool first = true;
+    int handoffs = 0;
     for (int64_t t = blockIdx.x; t < scheduler.num_tiles();) {
       const typename Loop::Work w = tile(t);
       if (w.has_rows() && w.has_keys()) Loop::produce(p, args.tma, smem, w, pipe_k, pipe_v, state, lane);
       // Draw the next tile while the consumers work on this one, and publish it to them.
       int64_t next = 0;
-      if (lane == 0) next = scheduler.next(int(gridDim.x));
-      next = __shfl_sync(0xffffffff, next, 0);
-      if (!first) cutlass::arch::NamedBarrier::sync(kHandoffThreads, int(BarrierId::kTileEmpty));
-      first = false;
-      if (lane == 0) smem.next_tile = next;
-      cutlass::arch::NamedBarrier::arrive(kHandoffThreads, int(BarrierId::kTileFull));
-      t = next;
+      if (lane == 0) {
+        next = scheduler.next(int(gridDim.x));
+        if (handoffs > 0) smem.tile_empty.wait((handoffs - 1) & 1);  // the previous index was read
+        smem.next_tile = next;
+        smem.tile_full.arrive();
+      }
+      ++handoffs;
+      t = __shfl_sync(0xffffffff, next, 0);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
@@ -83,11 +88,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     constexpr float kLog2e = 1.4426950408889634f;
     const float score_to_log2 = (p.softcap > 0.f ? p.softcap : p.softmax_scale) * kLog2e;
     // The first tile's Q may load at once; the last group hands the first wgmma turn to group 0.
-    cutlass::arch::NamedBarrier::arrive(kHandoffThreads, int(BarrierId::kQueryEmpty));
+    cutlass::arch::NamedBarrier::arrive(kQueryEmptyThreads, int(BarrierId::kQueryEmpty));
     if (Traits::kPingPong && group == Traits::kConsumerGroups - 1)
       cutlass::arch::NamedBarrier::arrive(256, int(BarrierId::kScheduler));
     typename Loop::PipelineState state;
-    int q_phase = 0;
+    int q_phase = 0, handoffs = 0;
     for (int64_t t = blockIdx.x; t < scheduler.num_tiles();) {
       const typename Loop::Work w = tile(t);
       if (w.has_rows()) {
@@ -103,14 +108,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
           float o_scale[kRows], lse[kRows];
           softmax.finalize(sink, o_scale, lse);
           Epilogue<Traits>::store(p, smem, w, thread_idx, o, o_scale, lse);
-          if constexpr (Traits::kOInQ) cutlass::arch::NamedBarrier::arrive(kHandoffThreads, int(BarrierId::kQueryEmpty));
+          if constexpr (Traits::kOInQ) cutlass::arch::NamedBarrier::arrive(kQueryEmptyThreads, int(BarrierId::kQueryEmpty));
         } else {
           Epilogue<Traits>::store_empty(p, w, thread_idx, sink);
         }
       }
-      cutlass::arch::NamedBarrier::sync(kHandoffThreads, int(BarrierId::kTileFull));
+      smem.tile_full.wait(handoffs & 1);
       t = smem.next_tile;
-      cutlass::arch::NamedBarrier::arrive(kHandoffThreads, int(BarrierId::kTileEmpty));
+      smem.tile_empty.arrive();
+      ++handoffs;
     }
   }
 #endif

@@ -40,8 +40,6 @@ enum class BarrierId : int {
   kQueryEmpty = 0,  // consumers are done with the previous tile's Q / O bytes: the next Q may load
   kEpilogue = 1,    // + consumer group: the group's O rows are in shared memory
   kScheduler = 4,   // + consumer group (two groups): the group's turn to issue its wgmmas
-  kTileFull = 6,    // the producer has published the next tile index
-  kTileEmpty = 7,   // the consumers have read it
 };
 
 template <typename CudaElement, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kStages_, bool kPingPong_>
@@ -113,7 +111,10 @@ struct Traits {
     cute::array_aligned<Element, kOInQ ? 8 : cosize_v<SmemLayoutO>, 1024> o;  // unused when kOInQ
     typename Pipeline::SharedStorage pipe_k, pipe_v;
     cutlass::arch::ClusterTransactionBarrier barrier_q;
-    int64_t next_tile;  // producer -> consumers (kTileFull / kTileEmpty)
+    // The next tile index, producer -> consumers: tile_full completes when it is written,
+    // tile_empty when every consumer thread has read it.
+    int64_t next_tile;
+    cutlass::arch::ClusterBarrier tile_full, tile_empty;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in the 227 KB of shared memory of a Hopper block");

@@ -71,7 +71,7 @@ def _check_common(
         raise ValueError(f"num_splits must be <= 256, got {num_splits}")
     if pack_gqa not in (None, False, True):
         raise TypeError(f"pack_gqa must be None or a bool, got {pack_gqa!r}")
-    # sm_margin only limits persistent grids; these kernels launch one CTA per tile.
+    # sm_margin is validated and has no effect: the Hopper family's persistent grid takes every SM.
     val.check_scalar("sm_margin", sm_margin, int, minimum=0)
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
