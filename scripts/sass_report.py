@@ -49,7 +49,10 @@ def report(obj: Path, tool: str) -> str:
 
 
 def main() -> int:
-    objects = sorted(ROOT.glob("build/.ninja/*/obj/sm90_fwd/*fwd_sm90_*.cu.o"))
+    # The full build's objects (partial builds live in "-partial-" directories beside it).
+    objects = sorted(
+        obj for obj in ROOT.glob("build/.ninja/*/obj/sm90_fwd/*fwd_sm90_*.cu.o") if "-partial-" not in str(obj)
+    )
     if not objects:
         raise SystemExit("no sm90 objects: run python scripts/build.py first")
     tool = cuobjdump()

@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Representative calls of the Hopper family (every tile shape class: ping-pong groups, three
+groups, O staged in Q's bytes, window, causal, varlen with empty sequences, sinks) for running
+under compute-sanitizer, without the reference (whose host code the tools slow down):
+
+    compute-sanitizer --tool racecheck python scripts/sanitize_sm90.py
+    compute-sanitizer --tool synccheck python scripts/sanitize_sm90.py
+    compute-sanitizer --tool memcheck  python scripts/sanitize_sm90.py
+"""
+import itertools
+import os
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def randn(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+
+
+def cu_seqlens(lengths: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
+
+
+def main() -> None:
+    from kernels import get_local_kernel
+
+    os.environ["SGL_FLASH_ATTN3_BACKEND"] = "sm90"  # an error, not a fallback, if a call cannot run there
+    fa3 = get_local_kernel(ROOT / "build")
+    torch.manual_seed(0)
+    for d, causal in ((128, False), (128, True), (64, True), (256, True), (192, False)):
+        q, k, v = randn(2, 300, 4, d), randn(2, 517, 2, d), randn(2, 517, 2, d)
+        fa3.flash_attn_func(q, k, v, causal=causal, window_size=(100, -1) if d == 64 else (-1, -1))
+    lq, lk = [0, 17, 300, 1, 250, 129], [5, 0, 400, 64, 1, 700]
+    q, k, v = randn(sum(lq), 4, 128), randn(sum(lk), 2, 128), randn(sum(lk), 2, 128)
+    sinks = torch.randn(4, device="cuda")
+    fa3.flash_attn_varlen_func(q, k, v, cu_seqlens(lq), cu_seqlens(lk), max(lq), max(lk), causal=True, sinks=sinks)
+    torch.cuda.synchronize()
+    print("sanitizer calls done")
+
+
+if __name__ == "__main__":
+    main()
