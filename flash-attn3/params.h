@@ -77,8 +77,10 @@ struct FwdParams {
   float* o_partial;    // (num_splits, lse_rows, dv) fp32
   float* lse_partial;  // (num_splits, lse_rows) fp32
 
-  // A zeroed int32 the Hopper family's persistent grid hands out tiles with (nullptr elsewhere).
+  // A zeroed int32 the Hopper family's persistent grid hands out tiles with (nullptr elsewhere),
+  // and the SMs that grid leaves free for other work (SGLang overlaps communication kernels).
   int* tile_counter;
+  int sm_margin;
 
   DType dtype;
 };

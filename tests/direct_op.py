@@ -12,5 +12,5 @@ def fwd_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tenso
         None, None, None, None, None, None, None,  # qv, cu_seqlens_q/k, seqused_q/k, kv_batch_idx, leftpad_k
         None, 0, None, None,  # cu_seqlens_k_new, seqlen_k_new, page_table, sinks
         q.shape[1], k.shape[1], 0.125, -1, -1, 0, 0.0,  # max_seqlen_q/k, scale, window, chunk, softcap
-        1, -1, 0, False,  # num_splits, pack_gqa, n_blocks_per_split, deterministic
+        1, -1, 0, False, 0,  # num_splits, pack_gqa, n_blocks_per_split, deterministic, sm_margin
     ]

@@ -193,6 +193,15 @@ def test_repeatable_bitwise(fa3):
         assert torch.equal(fa3.flash_attn_func(q, k, v, causal=True), first)
 
 
+@pytest.mark.parametrize("sm_margin", [1, 100, 10_000])
+def test_sm_margin_shrinks_the_grid_not_the_result(fa3, sm_margin):
+    """The persistent grid leaves sm_margin SMs free (down to one CTA); tiles are the same work."""
+    torch.manual_seed(2)
+    q, k, v = (randn(2, 1000, 4, 128, dtype=torch.bfloat16) for _ in range(3))
+    full = fa3.flash_attn_func(q, k, v, causal=True)
+    assert torch.equal(fa3.flash_attn_func(q, k, v, causal=True, sm_margin=sm_margin), full)
+
+
 def test_sm90_request_refuses_what_it_cannot_run(fa3):
     q = randn(1, 1, 4, 128, dtype=torch.bfloat16)
     k = randn(1, 64, 4, 128, dtype=torch.bfloat16)

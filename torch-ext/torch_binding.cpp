@@ -160,7 +160,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
          OptTensor leftpad_k, OptTensor cu_seqlens_k_new, int64_t seqlen_k_new, OptTensor page_table,
          OptTensor sinks, int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale, int64_t window_left,
          int64_t window_right, int64_t attention_chunk, double softcap, int64_t num_splits, int64_t pack_gqa,
-         int64_t n_blocks_per_split, bool deterministic) {
+         int64_t n_blocks_per_split, bool deterministic, int64_t sm_margin) {
   STD_TORCH_CHECK(q.is_cuda(), "q must be a CUDA tensor");
   const int device = q.get_device();
   const ScalarType dtype = q.scalar_type();
@@ -216,6 +216,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   STD_TORCH_CHECK(window_left >= -1 && window_right >= -1, "window sizes must be >= -1");
   STD_TORCH_CHECK(attention_chunk >= 0, "attention_chunk must be >= 0");
   STD_TORCH_CHECK(num_splits >= 0 && num_splits <= 256, "num_splits must be in [0, 256]");
+  STD_TORCH_CHECK(sm_margin >= 0, "sm_margin must be >= 0");
 
   sgl_fa3::FwdParams p{};
   p.q = q.data_ptr();
@@ -309,6 +310,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     p.pack_gqa = false;
     p.num_splits = 1;
     p.n_blocks_per_split = 0;
+    p.sm_margin = int(std::min<int64_t>(sm_margin, INT32_MAX));
     const torch::stable::accelerator::DeviceGuard guard(device);
     const cudaStream_t stream = current_stream(device);
     // The persistent grid's tile counter, zeroed on the stream (graph-capturable).
@@ -464,7 +466,7 @@ STABLE_TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, m) {
       "Tensor? leftpad_k, Tensor? cu_seqlens_k_new, int seqlen_k_new, Tensor? page_table, Tensor? sinks, "
       "int max_seqlen_q, int max_seqlen_k, float softmax_scale, int window_left, int window_right, "
       "int attention_chunk, float softcap, int num_splits, int pack_gqa, int n_blocks_per_split, "
-      "bool deterministic) -> ()");
+      "bool deterministic, int sm_margin) -> ()");
   m.def(
       "append_kv(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor cache_seqlens, "
       "Tensor? cache_batch_idx, Tensor? cu_seqlens_k_new, Tensor? page_table, Tensor? rotary_cos, "

@@ -73,8 +73,9 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
   int device = 0, num_sms = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
-  // Persistent: one CTA per SM (the tile uses the whole shared memory), each walking the tiles.
-  const dim3 grid(unsigned(std::min<int64_t>(tiles, num_sms)));
+  // Persistent: one CTA per SM (the tile uses the whole shared memory), each walking the tiles;
+  // sm_margin SMs stay free (at least one CTA runs).
+  const dim3 grid(unsigned(std::min<int64_t>(tiles, std::max(num_sms - p.sm_margin, 1))));
   args.scheduler = scheduler;
   kernel<<<grid, Traits::kThreads, kSmem, stream>>>(args);
   return cudaGetLastError();

@@ -36,6 +36,7 @@ def _fwd_fake(
     pack_gqa: int,
     n_blocks_per_split: int,
     deterministic: bool,
+    sm_margin: int,
 ) -> None:
     # `out` and `softmax_lse` are written in place; nothing is returned.
     return None

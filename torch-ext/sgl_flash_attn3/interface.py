@@ -7,6 +7,7 @@ arguments to pass (to it and to `flash_attn_func`): every parameter is explicit,
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,7 @@ class _Knobs:
     pack_gqa: int  # -1 = heuristic, 0 / 1
     n_blocks_per_split: int = 0  # > 0 only with a precomputed plan
     deterministic: bool = False
+    sm_margin: int = 0  # SMs a persistent grid leaves to other work
 
 
 def _check_common(
@@ -71,13 +73,12 @@ def _check_common(
         raise ValueError(f"num_splits must be <= 256, got {num_splits}")
     if pack_gqa not in (None, False, True):
         raise TypeError(f"pack_gqa must be None or a bool, got {pack_gqa!r}")
-    # sm_margin is validated and has no effect: the Hopper family's persistent grid takes every SM.
     val.check_scalar("sm_margin", sm_margin, int, minimum=0)
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
     if score_mod is not None or aux_tensors is not None:
         raise ValueError("score_mod and aux_tensors are only supported with ver=4 (FlashAttention-4)")
-    return _Knobs(num_splits, -1 if pack_gqa is None else int(pack_gqa), 0, deterministic)
+    return _Knobs(num_splits, -1 if pack_gqa is None else int(pack_gqa), 0, deterministic, sm_margin)
 
 
 def _check_version(ver: int, handoff: bool = True) -> None:
@@ -146,7 +147,7 @@ def _run(
         prob.cu_seqlens_k_new, prob.seqlen_k_new, prob.page_table,
         None if sinks is None else sinks.to(torch.float32).contiguous(),
         prob.max_seqlen_q, prob.max_seqlen_k, scale, window_left, window_right, chunk, float(softcap),
-        knobs.num_splits, knobs.pack_gqa, knobs.n_blocks_per_split, knobs.deterministic,
+        knobs.num_splits, knobs.pack_gqa, knobs.n_blocks_per_split, knobs.deterministic, knobs.sm_margin,
     )
     return (out, lse) if return_softmax_lse else out
 
@@ -526,7 +527,8 @@ def flash_attn_with_kvcache(
                 "scheduler_metadata plans splits from the batch shape; deterministic=True plans its own "
                 "batch-independent splits, so pass one or the other"
             )
-        knobs = _plan_from_metadata(scheduler_metadata, batch, q.shape[-2], k_cache.shape[-2], q.shape[-1], v_cache.shape[-1])
+        planned = _plan_from_metadata(scheduler_metadata, batch, q.shape[-2], k_cache.shape[-2], q.shape[-1], v_cache.shape[-1])
+        knobs = dataclasses.replace(planned, sm_margin=knobs.sm_margin)
     sinks = val.check_sinks(sinks, s_aux, q.shape[-2])
     seqused_k = _cache_seqlens(cache_seqlens, batch, q.device)
     _mask_args(causal, window_size, attention_chunk)  # fail on bad masks before writing the cache
