@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     // The first tile's Q may load at once; the last group hands the first wgmma turn to group 0.
     cutlass::arch::NamedBarrier::arrive(kQueryEmptyThreads, int(BarrierId::kQueryEmpty));
     if (Traits::kPingPong && group == Traits::kConsumerGroups - 1)
-      cutlass::arch::NamedBarrier::arrive(256, int(BarrierId::kScheduler));
+      cutlass::arch::NamedBarrier::arrive(256, int(BarrierId::kScheduler));  // group 0's own + the passer
     typename Loop::PipelineState state;
     int q_phase = 0, handoffs = 0;
     for (int64_t t = blockIdx.x; t < scheduler.num_tiles();) {

@@ -39,7 +39,7 @@ enum class Role : int { kProducer = 0, kConsumer = 1 };
 enum class BarrierId : int {
   kQueryEmpty = 0,  // consumers are done with the previous tile's Q / O bytes: the next Q may load
   kEpilogue = 1,    // + consumer group: the group's O rows are in shared memory
-  kScheduler = 4,   // + consumer group (two groups): the group's turn to issue its wgmmas
+  kScheduler = 4,   // + consumer group: the group's turn to issue its wgmmas
 };
 
 template <typename CudaElement, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kStages_, bool kPingPong_>
@@ -50,7 +50,6 @@ struct Traits {
   // Consumer groups take turns issuing their wgmmas, so one group's softmax runs while the
   // tensor cores work for another.
   static constexpr bool kPingPong = kPingPong_;
-  static_assert(!kPingPong || kBlockM == 128, "ping-pong alternates two consumer groups (barrier ids)");
   static constexpr int kConsumerGroups = kBlockM / 64;
   static constexpr int kConsumerThreads = kConsumerGroups * 128;
   static constexpr int kThreads = kConsumerThreads + 128;
