@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 from direct_op import fwd_args
-from tolerance import assert_within_tolerance, poisoned_like
+from tolerance import assert_within_tolerance, check_against_ref, poisoned_like
 
 pytestmark = pytest.mark.gpu
 
@@ -29,13 +29,6 @@ SEQLENS = [(1, 1), (239, 1), (113, 203), (128, 217), (300, 128), (1023, 1024)]
 
 def randn(*shape, dtype, device="cuda"):
     return torch.randn(*shape, dtype=dtype, device=device)
-
-
-def check_against_ref(fa3, name, out, lse, ref_kwargs, q, k, v, factor=2.0):
-    ref = fa3.attention_ref(q, k, v, **ref_kwargs)
-    low = fa3.attention_ref(q, k, v, upcast=False, **ref_kwargs)
-    assert_within_tolerance(f"{name} out", out, ref.out, low.out, factor)
-    assert_within_tolerance(f"{name} lse", lse, ref.lse, low.lse, factor)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

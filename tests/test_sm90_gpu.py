@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 import torch
-from tolerance import assert_within_tolerance, poisoned_like
+from tolerance import check_against_ref, poisoned_like
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,10 +37,7 @@ def randn(*shape, dtype):
 
 
 def check(fa3, name, out, lse, q, k, v, factor=2.0, **ref_kwargs):
-    ref = fa3.attention_ref(q, k, v, **ref_kwargs)
-    low = fa3.attention_ref(q, k, v, upcast=False, **ref_kwargs)
-    assert_within_tolerance(f"{name} out", out, ref.out, low.out, factor)
-    assert_within_tolerance(f"{name} lse", lse, ref.lse, low.lse, factor)
+    check_against_ref(fa3, name, out, lse, ref_kwargs, q, k, v, factor)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
