@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 from direct_op import fwd_args
-from tolerance import assert_within_tolerance, check_against_ref, poisoned_like
+from tolerance import check_against_ref, poisoned_like
 
 pytestmark = pytest.mark.gpu
 
