@@ -182,6 +182,23 @@ def test_strided_views(fa3):
     check(fa3, "strided", got, lse, q, k, v, causal=True)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_out_view_nothing_written_outside(fa3, causal):
+    """out as a view into a larger poisoned buffer: the partial last row tile and the padding
+    columns next to each row stay untouched (the stores are clipped to the view)."""
+    torch.manual_seed(12)
+    b, s, h, d = 2, 300, 3, 128
+    q, k, v = (randn(b, s, h, d, dtype=torch.bfloat16) for _ in range(3))
+    buf = poisoned_like((b, s + 100, h, d + 8), torch.bfloat16, "cuda")
+    before = buf.clone()
+    out = buf[:, :s, :, :d]
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, return_softmax_lse=True, out=out)
+    check(fa3, "out view", got, lse, q, k, v, causal=causal)
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.equal(buf[:, s:].view(torch.int16), before[:, s:].view(torch.int16))
+    assert torch.equal(buf[..., d:].view(torch.int16), before[..., d:].view(torch.int16))
+
+
 def test_repeatable_bitwise(fa3):
     torch.manual_seed(1)
     q, k, v = (randn(2, 777, 4, 128, dtype=torch.bfloat16) for _ in range(3))

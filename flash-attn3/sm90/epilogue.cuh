@@ -1,5 +1,7 @@
-// Hopper epilogue: normalised O through shared memory to global memory with 16-byte stores, and
-// the LSE of each row. Each consumer group writes its own 64 rows (no CTA-wide barrier).
+// Hopper epilogue: normalised O through shared memory to global memory, and the LSE of each row.
+// Each consumer group writes its own 64 rows (no CTA-wide barrier): one thread of the group
+// issues TMA stores of its rows and moves on, or (packed varlen rows, unaligned outputs) the
+// group copies them out with 16-byte stores.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -19,11 +21,13 @@ struct Epilogue {
   using Element = typename Traits::Element;
   using Work = TileWork<Traits::kBlockM, Traits::kBlockN>;
   static constexpr int kBlockM = Traits::kBlockM, kDV = Traits::kDV;
+  static constexpr int kBoxCols = Traits::kOBoxCols;
 
   // o: this thread's (unnormalised) accumulator; o_scale / lse: per row of the thread.
   template <class FragO, int kRows>
-  static __device__ void store(const FwdParams& p, typename Traits::SharedStorage& smem, const Work& w,
-                               int thread_idx, FragO& o, const float (&o_scale)[kRows], const float (&lse)[kRows]) {
+  static __device__ void store(const FwdParams& p, const TmaDescriptors<Traits>& tma,
+                               typename Traits::SharedStorage& smem, const Work& w, int thread_idx, FragO& o,
+                               const float (&o_scale)[kRows], const float (&lse)[kRows]) {
     typename Traits::TiledMmaPV mma_pv;
     auto thr = mma_pv.get_thread_slice(thread_idx);
     Tensor o_rc = make_tensor(o.data(), rowcol_layout(o.layout()));
@@ -37,9 +41,15 @@ struct Epilogue {
     Tensor o_cast = make_tensor_like<Element>(o);
     convert_fragment(o, o_cast);
     const int group = thread_idx / 128, t = thread_idx % 128;
-    // The group's previous O (when O has its own bytes) has been read by every thread.
-    if constexpr (!Traits::kOInQ) cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
+    const bool issuer = t == 0;
+    // The group's previous O (when O has its own bytes) has been read, by the TMA store its
+    // issuer waits for or by every thread.
+    if constexpr (!Traits::kOInQ) {
+      if (tma.store_o && issuer) tma_store_wait<0>();
+      cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
+    }
     copy(o_cast, tOsO);
+    if (tma.store_o) cutlass::arch::fence_view_async_shared();  // visible to the TMA unit
 
     // LSE: the first thread of each quad holds its rows' values.
     Tensor coords = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDV>>{}));
@@ -54,6 +64,26 @@ struct Epilogue {
     }
 
     cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
+    if (tma.store_o) {
+      if (issuer) {
+        // Boxes of (64 rows, kBoxCols); rows past the tensor's end are clipped by the TMA unit.
+        Tensor mO = tma.o.get_tma_tensor(make_shape(p.q_tensor_rows, int(kDV), p.num_heads, p.q_tensor_batch));
+        Tensor gO = local_tile(mO(_, _, w.head, w.batch), Shape<_64, Int<kBoxCols>>{},
+                               make_coord(w.row0 / 64 + group, _));  // (64, kBoxCols, column blocks)
+#pragma unroll
+        for (int c = 0; c < kDV / kBoxCols; ++c) {
+          constexpr int kBoxElems = cosize_v<typename Traits::SmemLayoutOBox>;
+          Tensor sBox = make_tensor(make_smem_ptr(o_smem + (c * Traits::kConsumerGroups + group) * kBoxElems),
+                                    typename Traits::SmemLayoutOBox{});
+          auto part = tma_partition(tma.o, _0{}, Layout<_1>{}, group_modes<0, 2>(sBox), group_modes<0, 2>(gO(_, _, c)));
+          copy(tma.o, get<1>(part), get<0>(part));
+        }
+        tma_store_arrive();
+        // O staged in Q's bytes: the next Q may only land there once the store has read them.
+        if constexpr (Traits::kOInQ) tma_store_wait<0>();
+      }
+      return;
+    }
     // The group's 64 rows, 8 columns (16 bytes) per access, consecutive threads along a row.
     Element* o_out = static_cast<Element*>(p.o) + w.seq.o_offset + int64_t(w.head) * p.o_head_stride;
     constexpr int kChunksPerRow = kDV / 8;
@@ -65,6 +95,11 @@ struct Epilogue {
         *reinterpret_cast<uint4*>(o_out + int64_t(row) * p.o_row_stride + col) =
             *reinterpret_cast<const uint4*>(&sO(r, col));
     }
+  }
+
+  // Before the CTA exits: its last TMA stores have read shared memory.
+  static __device__ void drain(const TmaDescriptors<Traits>& tma, int thread_idx) {
+    if (tma.store_o && thread_idx % 128 == 0) tma_store_wait<0>();
   }
 
   // Rows of a tile that sees no key: O = 0, LSE = the sink (-inf without sinks).

@@ -2,8 +2,8 @@
 //
 // Persistent: one CTA per SM walks tiles of kBlockM query rows of one head of one batch row
 // (scheduler.cuh: drawn from a global counter). Warp group 0 produces: after giving up registers, one warp
-// issues the TMA loads of Q and of the K/V blocks into kStages-deep pipelines (mbarrier
-// transaction counts), running ahead into the next tile while the consumers finish the current
+// issues the TMA loads of Q (kQStages buffers) and of the K/V blocks (kStages-deep) into
+// mbarrier pipelines, running ahead into the next tile while the consumers finish the current
 // one. Warp groups 1..G consume: each takes 64 query rows of the tile, runs the main loop
 // (mainloop.cuh) with the registers the producer gave up, then the epilogue (epilogue.cuh).
 // Tiles whose rows see no key skip the pipelines: the consumers write their empty rows directly.
@@ -30,6 +30,18 @@ struct KernelArgs {
   TileScheduler scheduler;
 };
 
+// Every pipeline: thread 0 (the producer warp's lane 0) arms the barriers, all consumer threads
+// release.
+template <class Pipeline, class Traits>
+__device__ typename Pipeline::Params pipeline_params(Role role, uint32_t transaction_bytes) {
+  typename Pipeline::Params params;
+  params.role = role == Role::kProducer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+  params.is_leader = threadIdx.x == 0;
+  params.num_consumers = Traits::kConsumerThreads;
+  params.transaction_bytes = transaction_bytes;
+  return params;
+}
+
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_constant__ KernelArgs<Traits> args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -40,39 +52,34 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
   const FwdParams& p = args.params;
 
   const Role role = threadIdx.x < 128 ? Role::kProducer : Role::kConsumer;
-  typename Pipeline::Params pipe_params;
-  pipe_params.role = role == Role::kProducer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-  pipe_params.is_leader = threadIdx.x == 0;
-  pipe_params.num_consumers = Traits::kConsumerThreads;
   if (threadIdx.x == 0) {
-    smem.barrier_q.init(1);
     smem.tile_full.init(1);
     smem.tile_empty.init(Traits::kConsumerThreads);
   }
-  pipe_params.transaction_bytes = Traits::kBytesK;
-  Pipeline pipe_k(smem.pipe_k, pipe_params, Shape<_1, _1, _1>{});
-  pipe_params.transaction_bytes = Traits::kBytesV;
-  Pipeline pipe_v(smem.pipe_v, pipe_params, Shape<_1, _1, _1>{});
+  using QPipeline = typename Traits::QPipeline;
+  QPipeline pipe_q(smem.pipe_q, pipeline_params<QPipeline, Traits>(role, Traits::kBytesQ), Shape<_1, _1, _1>{});
+  Pipeline pipe_k(smem.pipe_k, pipeline_params<Pipeline, Traits>(role, Traits::kBytesK), Shape<_1, _1, _1>{});
+  Pipeline pipe_v(smem.pipe_v, pipeline_params<Pipeline, Traits>(role, Traits::kBytesV), Shape<_1, _1, _1>{});
   __syncthreads();  // barriers initialised before any thread uses them
 
   const TileScheduler& scheduler = args.scheduler;
-  const auto tile = [&](int64_t t) {
+  const auto tile = [&](int t) {
     int m_block, head, batch;
     scheduler.coords(t, m_block, head, batch);
     return typename Loop::Work(p, m_block, head, batch);
   };
-  constexpr int kQueryEmptyThreads = Traits::kConsumerThreads + 32;  // consumers + the producer warp
   if (role == Role::kProducer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (threadIdx.x >= 32) return;  // one warp issues every load
     const int lane = int(threadIdx.x);
     auto state = cutlass::make_producer_start_state<Pipeline>();
+    auto q_state = cutlass::make_producer_start_state<typename Traits::QPipeline>();
     int handoffs = 0;
-    for (int64_t t = blockIdx.x; t < scheduler.num_tiles();) {
+    for (int t = int(blockIdx.x); t < scheduler.num_tiles;) {
       const typename Loop::Work w = tile(t);
-      if (w.has_rows() && w.has_keys()) Loop::produce(p, args.tma, smem, w, pipe_k, pipe_v, state, lane);
+      if (w.has_rows() && w.has_keys()) Loop::produce(p, args.tma, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, lane);
       // Draw the next tile while the consumers work on this one, and publish it to them.
-      int64_t next = 0;
+      int next = 0;
       if (lane == 0) {
         next = scheduler.next(int(gridDim.x));
         if (handoffs > 0) smem.tile_empty.wait((handoffs - 1) & 1);  // the previous index was read
@@ -87,13 +94,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     const int thread_idx = int(threadIdx.x) - 128, group = thread_idx / 128;
     constexpr float kLog2e = 1.4426950408889634f;
     const float score_to_log2 = (p.softcap > 0.f ? p.softcap : p.softmax_scale) * kLog2e;
-    // The first tile's Q may load at once; the last group hands the first wgmma turn to group 0.
-    cutlass::arch::NamedBarrier::arrive(kQueryEmptyThreads, int(BarrierId::kQueryEmpty));
+    // The last group hands the first wgmma turn to group 0.
     if (Traits::kPingPong && group == Traits::kConsumerGroups - 1)
       cutlass::arch::NamedBarrier::arrive(256, int(BarrierId::kScheduler));  // group 0's own + the passer
     typename Loop::PipelineState state;
-    int q_phase = 0, handoffs = 0;
-    for (int64_t t = blockIdx.x; t < scheduler.num_tiles();) {
+    typename Loop::QState q_state;
+    int handoffs = 0;
+    for (int t = int(blockIdx.x); t < scheduler.num_tiles;) {
       const typename Loop::Work w = tile(t);
       if (w.has_rows()) {
         const float sink = p.sinks ? p.sinks[w.head] : -INFINITY;
@@ -102,13 +109,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
               partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{});
           constexpr int kRows = decltype(size<0>(make_tensor(o.data(), rowcol_layout(o.layout()))))::value;
           OnlineSoftmax<kRows> softmax(score_to_log2);
-          clear(o);
-          Loop::consume(p, smem, w, pipe_k, pipe_v, state, q_phase, thread_idx, o, softmax);
-          q_phase ^= 1;
+          Loop::consume(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread_idx, o, softmax);
           float o_scale[kRows], lse[kRows];
           softmax.finalize(sink, o_scale, lse);
-          Epilogue<Traits>::store(p, smem, w, thread_idx, o, o_scale, lse);
-          if constexpr (Traits::kOInQ) cutlass::arch::NamedBarrier::arrive(kQueryEmptyThreads, int(BarrierId::kQueryEmpty));
+          Epilogue<Traits>::store(p, args.tma, smem, w, thread_idx, o, o_scale, lse);
+          if constexpr (Traits::kOInQ) pipe_q.consumer_release(q_state);  // O was staged in Q's bytes
+          ++q_state;
         } else {
           Epilogue<Traits>::store_empty(p, w, thread_idx, sink);
         }
@@ -118,6 +124,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
       smem.tile_empty.arrive();
       ++handoffs;
     }
+    Epilogue<Traits>::drain(args.tma, thread_idx);
   }
 #endif
 }

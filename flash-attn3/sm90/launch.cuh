@@ -47,6 +47,22 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                                    tma_stride(batch, batch_stride, dim)));
   };
   KernelArgs<Traits> args{p, {}, {}};
+  // O through TMA: batched rows only (a packed sequence's last tile would spill into the next
+  // one), 16-byte aligned base and strides.
+  const auto aligned = [](int extent, int64_t stride) {
+    return extent == 1 || stride * int64_t(sizeof(Element)) % 16 == 0;
+  };
+  args.tma.store_o = p.cu_seqlens_q == nullptr && reinterpret_cast<uintptr_t>(p.o) % 16 == 0 &&
+                     aligned(p.q_tensor_rows, p.o_row_stride) && aligned(p.num_heads, p.o_head_stride) &&
+                     aligned(p.q_tensor_batch, p.o_batch_stride);
+  if (args.tma.store_o) {
+    auto gO = make_tensor(make_gmem_ptr(static_cast<Element*>(p.o)),
+                          make_shape(p.q_tensor_rows, Traits::kDV, p.num_heads, p.q_tensor_batch),
+                          make_stride(tma_stride(p.q_tensor_rows, p.o_row_stride, Traits::kDV), _1{},
+                                      tma_stride(p.num_heads, p.o_head_stride, Traits::kDV),
+                                      tma_stride(p.q_tensor_batch, p.o_batch_stride, Traits::kDV)));
+    args.tma.o = make_tma_copy(SM90_TMA_STORE{}, gO, typename Traits::SmemLayoutOBox{});
+  }
   args.tma.q = make_tma_copy(SM90_TMA_LOAD{},
                              gmem(p.q, p.q_tensor_rows, Traits::kD, p.num_heads, p.q_tensor_batch, p.q_row_stride,
                                   p.q_head_stride, p.q_batch_stride),
@@ -66,10 +82,11 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
   constexpr int kSmem = Traits::kSmemBytes;
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  const TileScheduler scheduler{(p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, p.num_heads, p.batch,
-                               p.tile_counter};
-  const int64_t tiles = scheduler.num_tiles();
+  const int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+  const int64_t tiles = m_blocks * p.num_heads * p.batch;
   if (tiles == 0) return cudaSuccess;
+  if (tiles > INT32_MAX - 2 * 1024) return cudaErrorInvalidValue;  // tile indices are 32-bit
+  const TileScheduler scheduler(int(m_blocks), p.num_heads, p.batch, p.tile_counter);
   int device = 0, num_sms = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);

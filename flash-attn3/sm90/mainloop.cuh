@@ -1,15 +1,16 @@
 // Hopper main loop: TMA loads (producer) and wgmma + online softmax (consumers).
 //
-// Producer (one thread): Q once, then for key blocks n = n_max - 1 down to n_min, K_n and V_n into
-// the next stage of their own pipelines (K and V are separate so Q K^T of a block can start before
+// Producer (one thread): Q into the next of its kQStages buffers, then for key blocks n = n_max - 1
+// down to n_min, K_n and V_n into the next stage of their own pipelines (K and V are separate so Q K^T of a block can start before
 // its V has landed). Blocks are walked high to low: the causal / window edge comes first, so only
 // the first and last few blocks take the per-element mask.
 //
 // Consumer warp group g (rows 64 g .. 64 g + 63 of the tile), per key block, software-pipelined:
 //   issue S_n = Q K_n^T           (async wgmma, smem x smem)
+//   rescale O by block n + 1's factor (overlaps the Q K^T wgmma)
 //   issue O  += P_{n+1} V_{n+1}   (async wgmma, registers x smem; the previous block's P)
 //   wait S_n; release K_n; mask, online softmax of S_n (overlaps the P.V wgmma)
-//   wait P.V; release V_{n+1}; rescale O; P_n = bf16(S_n)
+//   wait P.V; release V_{n+1}; P_n = bf16(S_n)
 // so the tensor cores work on P.V while the softmax of the next block runs.
 #pragma once
 
@@ -34,25 +35,32 @@ struct TmaDescriptors {
   using GmemShape = Shape<int32_t, int32_t, int32_t, int32_t>;
   using GmemStride = Stride<int64_t, _1, int64_t, int64_t>;
   using GmemTensor = decltype(make_tensor(make_gmem_ptr(static_cast<const Element*>(nullptr)), GmemShape{}, GmemStride{}));
+  using GmemTensorOut = decltype(make_tensor(make_gmem_ptr(static_cast<Element*>(nullptr)), GmemShape{}, GmemStride{}));
   using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, typename Traits::SmemLayoutQ{},
                                       Shape<Int<Traits::kBlockM>, Int<Traits::kD>>{}, _1{}));
   using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, take<0, 2>(typename Traits::SmemLayoutK{}),
                                       Shape<Int<Traits::kBlockN>, Int<Traits::kD>>{}, _1{}));
   using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, take<0, 2>(typename Traits::SmemLayoutV{}),
                                       Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{}));
+  using TmaO = decltype(make_tma_copy(SM90_TMA_STORE{}, GmemTensorOut{}, typename Traits::SmemLayoutOBox{}));
   TmaQ q;
   TmaK k;
   TmaV v;
+  TmaO o;
+  // O leaves through TMA stores; else (packed varlen rows, whose tiles would spill into the
+  // next sequence, or an output TMA cannot address) through 16-byte stores.
+  bool store_o;
 };
 
-// One wgmma batch over the K mode: C (+)= A B, committed and not waited for.
-template <bool kZeroInit, class TiledMma, class TensorA, class TensorB, class TensorC>
-__device__ __forceinline__ void wgmma(TiledMma& mma, TensorA& a, const TensorB& b, TensorC& c) {
+// One wgmma batch over the K mode: C = A B (zero_init: C's registers are not read) or C += A B,
+// committed and not waited for.
+template <class TiledMma, class TensorA, class TensorB, class TensorC>
+__device__ __forceinline__ void wgmma(TiledMma& mma, TensorA& a, const TensorB& b, TensorC& c, bool zero_init) {
   constexpr bool kARegs = !std::is_base_of_v<GMMA::DescriptorIterator, typename TiledMma::FrgTypeA>;
   if constexpr (kARegs) warpgroup_fence_operand(a);
   warpgroup_fence_operand(c);
   warpgroup_arrive();
-  mma.accumulate_ = kZeroInit ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
+  mma.accumulate_ = zero_init ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
 #pragma unroll
   for (int k = 0; k < size<2>(a); ++k) {
     cute::gemm(mma, a(_, _, k), b(_, _, k), c);
@@ -75,19 +83,43 @@ __device__ __forceinline__ void convert_fragment(const TensorF& f, TensorE& e) {
   for (int i = 0; i < size(f2); ++i) e2(i) = cvt(f2(i));
 }
 
+// Placed after the softmax that overlaps a P.V wgmma, just before waiting for that wgmma: a use
+// of P's registers that never runs (never: false at run time, opaque to the compiler). It keeps
+// the softmax clear of the wait: without a use, the register allocator treats P's registers as
+// free once the wgmma is issued and gives them to the softmax, which then has to wait for the
+// wgmma first; and the branch ends a basic block, which keeps the scheduler from hoisting the
+// wait above the softmax.
+template <class TensorP>
+__device__ __forceinline__ void hold_until_wait(const TensorP& p_regs, bool never, void* scratch) {
+  if (never) {
+    const auto words = recast<uint4>(p_regs);
+    uint4* out = reinterpret_cast<uint4*>(scratch);
+#pragma unroll
+    for (int i = 0; i < size(words); ++i) out[i] = words(i);
+  }
+}
+
 template <class Traits>
 struct Mainloop {
   using Element = typename Traits::Element;
   using Pipeline = typename Traits::Pipeline;
   using PipelineState = typename cutlass::PipelineState<Traits::kStages>;
+  using QPipeline = typename Traits::QPipeline;
+  using QState = typename cutlass::PipelineState<Traits::kQStages>;
   using Work = TileWork<Traits::kBlockM, Traits::kBlockN>;
   static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
   static constexpr int kD = Traits::kD, kDV = Traits::kDV;
 
+  // The shared-memory Q buffer of a Q pipeline stage.
+  static __device__ Element* q_buffer(typename Traits::SharedStorage& smem, const QState& q_state) {
+    return smem.q.data() + q_state.index() * Traits::kQElems;
+  }
+
   // Run by the 32 lanes of the producer warp for each tile with keys; lane 0 issues the copies.
   static __device__ void produce(const FwdParams& p, const TmaDescriptors<Traits>& tma,
-                                 typename Traits::SharedStorage& smem, const Work& w, Pipeline& pipe_k,
-                                 Pipeline& pipe_v, PipelineState& state, int lane) {
+                                 typename Traits::SharedStorage& smem, const Work& w, QPipeline& pipe_q,
+                                 QState& q_state, Pipeline& pipe_k, Pipeline& pipe_v, PipelineState& state,
+                                 int lane) {
     const auto gmem_shape = [](int rows, int dim, int heads, int batch) { return make_shape(rows, dim, heads, batch); };
     Tensor mQ = tma.q.get_tma_tensor(gmem_shape(p.q_tensor_rows, kD, p.num_heads, p.q_tensor_batch));
     Tensor mK = tma.k.get_tma_tensor(gmem_shape(p.k_tensor_rows, kD, p.num_heads_k, p.k_tensor_batch));
@@ -101,12 +133,8 @@ struct Mainloop {
                            Shape<Int<kBlockN>, Int<kD>>{}, make_coord(_, _0{}));
     Tensor gV = local_tile(domain_offset(make_coord(w.seq.k_start, _0{}), mV(_, _, w.head_kv, kv_batch)),
                            Shape<Int<kBlockN>, Int<kDV>>{}, make_coord(_, _0{}));
-    Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutK{});
     Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutV{});
-    auto part_q = tma_partition(tma.q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
-    Tensor tQg = get<0>(part_q);
-    Tensor tQs = get<1>(part_q);
     auto part_k = tma_partition(tma.k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
     Tensor tKg = get<0>(part_k);
     Tensor tKs = get<1>(part_k);
@@ -121,32 +149,37 @@ struct Mainloop {
       if (lane == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(state), 0), tVg(_, n), tVs(_, state.index()));
       ++state;
     };
-    // The first block streams in while the consumers finish the previous tile; Q waits until
-    // they no longer read the previous Q (nor, when O lives in Q's bytes, the previous O).
+    auto load_q = [&] {
+      pipe_q.producer_acquire(q_state);
+      Tensor sQ = make_tensor(make_smem_ptr(q_buffer(smem, q_state)), typename Traits::SmemLayoutQ{});
+      auto part_q = tma_partition(tma.q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+      if (lane == 0) copy(tma.q.with(*pipe_q.producer_get_barrier(q_state), 0), get<0>(part_q), get<1>(part_q));
+      ++q_state;
+    };
+    // With two Q buffers Q goes first (its buffer was freed a tile ago). With one, the first
+    // K/V block streams in while the consumers finish the previous tile, and Q waits until they
+    // no longer read the previous Q (nor, when O lives in Q's bytes, the previous O).
     int n = w.n_block_max - 1;
+    if constexpr (Traits::kQStages > 1) load_q();
     load_kv(n);
-    cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads + 32, int(BarrierId::kQueryEmpty));
-    if (lane == 0) {
-      using BarrierWord = cutlass::arch::ClusterTransactionBarrier::ValueType;
-      smem.barrier_q.arrive_and_expect_tx(Traits::kBytesQ);
-      copy(tma.q.with(reinterpret_cast<BarrierWord&>(smem.barrier_q), 0), tQg, tQs);
-    }
+    if constexpr (Traits::kQStages == 1) load_q();
     for (--n; n >= w.n_block_min; --n) load_kv(n);
   }
 
   // Runs the key blocks of the tile for this consumer thread (index among all consumer threads).
-  // o arrives zeroed; on return it holds the unnormalised output and softmax the row statistics.
-  // q_phase: parity of this tile's Q arrival. Unless O is staged in Q's bytes, the consumers
-  // release Q (kQueryEmpty) as soon as their last Q K^T has completed.
+  // o needs no initial value; on return it holds the unnormalised output and softmax the row
+  // statistics.
+  // q_state: this tile's Q buffer. Unless O is staged in Q's bytes (then the kernel releases Q
+  // after the epilogue), the consumers release Q as soon as their last Q K^T has completed.
   template <class FragO, class Softmax>
   static __device__ void consume(const FwdParams& p, typename Traits::SharedStorage& smem, const Work& w,
-                                 Pipeline& pipe_k, Pipeline& pipe_v, PipelineState& state, int q_phase,
-                                 int thread_idx, FragO& o, Softmax& softmax) {
+                                 QPipeline& pipe_q, const QState& q_state, Pipeline& pipe_k, Pipeline& pipe_v,
+                                 PipelineState& state, int thread_idx, FragO& o, Softmax& softmax) {
     typename Traits::TiledMmaQK mma_qk;
     typename Traits::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(thread_idx);
     auto thr_pv = mma_pv.get_thread_slice(thread_idx);
-    Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sQ = make_tensor(make_smem_ptr(q_buffer(smem, q_state)), typename Traits::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutK{});
     Tensor sVt = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutVt{});
     Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // (MMA, MMA_M, MMA_K) descriptors
@@ -203,18 +236,18 @@ struct Mainloop {
         cutlass::arch::NamedBarrier::arrive(256, int(BarrierId::kScheduler) + (group + 1) % Traits::kConsumerGroups);
     };
     auto release_q = [&](int n) {
-      if (!Traits::kOInQ && n == w.n_block_min)
-        cutlass::arch::NamedBarrier::arrive(Traits::kConsumerThreads + 32, int(BarrierId::kQueryEmpty));
+      if (!Traits::kOInQ && n == w.n_block_min) pipe_q.consumer_release(q_state);
     };
 
-    smem.barrier_q.wait(q_phase);
+    pipe_q.consumer_wait(q_state);
     PipelineState state_v = state;
     float o_scale[kRows];
+    bool first_pv = true;
 
     int n = w.n_block_max - 1;
     pipe_k.consumer_wait(state);
     take_turn();
-    wgmma<true>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s);
+    wgmma(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s, true);
     pass_turn();
     warpgroup_wait<0>();
     release_q(n);
@@ -227,8 +260,12 @@ struct Mainloop {
       pipe_k.consumer_wait(state);
       pipe_v.consumer_wait(state_v);
       take_turn();
-      wgmma<true>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s);
-      wgmma<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o);
+      wgmma(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s, true);
+      // O holds nothing before the first P.V; after, rescale it by block n + 1's factor while
+      // the tensor cores run Q K_n^T.
+      if (!first_pv) rescale_o(o_scale);
+      wgmma(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o, first_pv);
+      first_pv = false;
       pass_turn();
       warpgroup_wait<1>();
       release_q(n);
@@ -236,15 +273,16 @@ struct Mainloop {
       ++state;
       score_transform(n);
       softmax.update(s_rc, o_scale);
+      hold_until_wait(pr, p.num_heads <= 0, smem.k.data());
       warpgroup_wait<0>();
       pipe_v.consumer_release(state_v);
       ++state_v;
-      rescale_o(o_scale);
       convert_fragment(s, pr);
     }
     pipe_v.consumer_wait(state_v);
     take_turn();
-    wgmma<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o);
+    if (!first_pv) rescale_o(o_scale);
+    wgmma(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o, first_pv);
     pass_turn();
     warpgroup_wait<0>();
     pipe_v.consumer_release(state_v);

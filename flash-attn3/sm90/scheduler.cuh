@@ -8,22 +8,28 @@
 // alike (TileWork::has_rows).
 #pragma once
 
-#include <cstdint>
+#include <cutlass/fast_math.h>
 
 namespace sgl_fa3::sm90 {
 
 struct TileScheduler {
-  int m_blocks, heads, batch;
+  // Tile indices are 32-bit (the launcher refuses more tiles) and split with multiply-shift
+  // divisions: every role decodes each tile on its critical path between two tiles.
+  int num_tiles;
+  cutlass::FastDivmod m_blocks, heads;
   int* counter;  // zeroed before the launch
 
-  __host__ __device__ int64_t num_tiles() const { return int64_t(m_blocks) * heads * batch; }
-  __device__ void coords(int64_t t, int& m_block, int& head, int& b) const {
-    m_block = m_blocks - 1 - int(t % m_blocks);
-    const int64_t pair = t / m_blocks;
-    head = int(pair % heads);
-    b = int(pair / heads);
+  TileScheduler() = default;
+  TileScheduler(int m_blocks_, int heads_, int batch, int* counter_)
+      : num_tiles(m_blocks_ * heads_ * batch), m_blocks(m_blocks_), heads(heads_), counter(counter_) {}
+
+  __device__ void coords(int t, int& m_block, int& head, int& b) const {
+    int pair, rest;
+    m_blocks(pair, rest, t);
+    m_block = m_blocks.divisor - 1 - rest;
+    heads(b, head, pair);
   }
-  __device__ int64_t next(int grid) const { return grid + int64_t(atomicAdd(counter, 1)); }
+  __device__ int next(int grid) const { return grid + atomicAdd(counter, 1); }
 };
 
 }  // namespace sgl_fa3::sm90

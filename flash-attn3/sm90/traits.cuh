@@ -37,9 +37,8 @@ enum class Role : int { kProducer = 0, kConsumer = 1 };
 
 // Named hardware barriers (ids after the ones CUTLASS reserves; at most 8).
 enum class BarrierId : int {
-  kQueryEmpty = 0,  // consumers are done with the previous tile's Q / O bytes: the next Q may load
-  kEpilogue = 1,    // + consumer group: the group's O rows are in shared memory
-  kScheduler = 4,   // + consumer group: the group's turn to issue its wgmmas
+  kEpilogue = 0,   // + consumer group: the group's O rows are in shared memory
+  kScheduler = 3,  // + consumer group: the group's turn to issue its wgmmas
 };
 
 template <typename CudaElement, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kStages_, bool kPingPong_>
@@ -85,6 +84,12 @@ struct Traits {
   using SmemLayoutVt = decltype(composition(
       SmemLayoutV{}, make_ordered_layout(Shape<Int<kDV>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
   using SmemLayoutO = decltype(tile_to_shape(k_major_atom<Element, kDV>(), Shape<Int<kBlockM>, Int<kDV>>{}));
+  // O leaves shared memory in TMA boxes of one consumer group's 64 rows by one swizzle atom's
+  // width: SmemLayoutO tiles its atoms rows first, so each such box is contiguous, and box
+  // (group g, column block c) starts at element (c * kConsumerGroups + g) * size of a box.
+  static constexpr int kOBoxCols = decltype(size<1>(k_major_atom<Element, kDV>()))::value;
+  using SmemLayoutOBox = decltype(tile_to_shape(k_major_atom<Element, kDV>(), Shape<_64, Int<kOBoxCols>>{}));
+  static_assert(kDV % kOBoxCols == 0, "O columns: whole swizzle atoms");
 
   // O gets its own bytes when they fit, so the next tile's Q can load as soon as the last Q K^T
   // is done. Otherwise O is staged in Q's bytes: both layouts tile their atoms rows-first, so the
@@ -97,22 +102,30 @@ struct Traits {
   static_assert(!kOInQ || (kDV <= kD && std::is_same_v<decltype(k_major_atom<Element, kD>()),
                                                        decltype(k_major_atom<Element, kDV>())>),
                 "O must fit in Q's bytes row for row");
+  // A second Q buffer, where it fits, lets the next tile's Q land while this tile still runs:
+  // the consumers start the next tile straight after their epilogue instead of waiting for Q.
+  static constexpr int kQElems = cosize_v<SmemLayoutQ>;
+  static constexpr int kQStages =
+      !kOInQ && kSmemMainBytes + kSmemOBytes + int(sizeof(Element)) * kQElems <= 224 * 1024 ? 2 : 1;
+  static_assert(kQStages == 1 || !kOInQ, "O staged in Q's bytes needs the single Q buffer");
+  static_assert(kQElems * sizeof(Element) % 1024 == 0, "each Q buffer keeps the 1024-byte swizzle alignment");
 
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
+  using QPipeline = cutlass::PipelineTmaAsync<kQStages>;
   static constexpr uint32_t kBytesQ = kBlockM * kD * sizeof(Element);
   static constexpr uint32_t kBytesK = kBlockN * kD * sizeof(Element);
   static constexpr uint32_t kBytesV = kBlockN * kDV * sizeof(Element);
 
   struct SharedStorage {
-    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<Element, kQElems * kQStages, 1024> q;  // kQStages buffers of SmemLayoutQ
     cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k;
     cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> v;
     cute::array_aligned<Element, kOInQ ? 8 : cosize_v<SmemLayoutO>, 1024> o;  // unused when kOInQ
     typename Pipeline::SharedStorage pipe_k, pipe_v;
-    cutlass::arch::ClusterTransactionBarrier barrier_q;
+    typename QPipeline::SharedStorage pipe_q;
     // The next tile index, producer -> consumers: tile_full completes when it is written,
     // tile_empty when every consumer thread has read it.
-    int64_t next_tile;
+    int next_tile;
     cutlass::arch::ClusterBarrier tile_full, tile_empty;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
