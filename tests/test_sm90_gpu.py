@@ -199,6 +199,25 @@ def test_out_view_nothing_written_outside(fa3, causal):
     assert torch.equal(buf[..., d:].view(torch.int16), before[..., d:].view(torch.int16))
 
 
+def test_varlen_out_view_nothing_written_outside(fa3):
+    """Packed rows into a view of a larger poisoned buffer: each sequence's rows hold its own
+    result (no tile's store reaches into the next sequence) and nothing past the view changes."""
+    torch.manual_seed(13)
+    lq, lk, h, d = [200, 64, 1, 300, 129], [150, 300, 9, 300, 700], 3, 128
+    cu_q, cu_k = cu_seqlens(lq), cu_seqlens(lk)
+    q = randn(sum(lq), h, d, dtype=torch.bfloat16)
+    k, v = randn(sum(lk), h, d, dtype=torch.bfloat16), randn(sum(lk), h, d, dtype=torch.bfloat16)
+    buf = poisoned_like((sum(lq) + 100, h, d + 8), torch.bfloat16, "cuda")
+    before = buf.clone()
+    out = buf[: sum(lq), :, :d]
+    got, lse = fa3.flash_attn_varlen_func(
+        q, k, v, cu_q, cu_k, max(lq), max(lk), causal=True, return_softmax_lse=True, out=out
+    )
+    check(fa3, "varlen out view", got, lse, q, k, v, causal=True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    assert torch.equal(buf[sum(lq):].view(torch.int16), before[sum(lq):].view(torch.int16))
+    assert torch.equal(buf[..., d:].view(torch.int16), before[..., d:].view(torch.int16))
+
+
 def test_repeatable_bitwise(fa3):
     torch.manual_seed(1)
     q, k, v = (randn(2, 777, 4, 128, dtype=torch.bfloat16) for _ in range(3))

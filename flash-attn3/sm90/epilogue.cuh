@@ -1,7 +1,8 @@
 // Hopper epilogue: normalised O through shared memory to global memory, and the LSE of each row.
 // Each consumer group writes its own 64 rows (no CTA-wide barrier): one thread of the group
-// issues TMA stores of its rows and moves on, or (packed varlen rows, unaligned outputs) the
-// group copies them out with 16-byte stores.
+// issues TMA stores of its rows and moves on, or (the rows of a packed sequence's last tile,
+// which a TMA box would carry into the next sequence; outputs TMA cannot address) the group
+// copies them out with 16-byte stores.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -64,11 +65,15 @@ struct Epilogue {
     }
 
     cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
-    if (tma.store_o) {
+    // Batched rows past the tensor's end are clipped by the TMA unit; packed rows must stay
+    // within their sequence.
+    const bool packed = p.cu_seqlens_q != nullptr;
+    if (tma.store_o && (!packed || w.row0 + 64 * (group + 1) <= w.seq.rows_q)) {
       if (issuer) {
-        // Boxes of (64 rows, kBoxCols); rows past the tensor's end are clipped by the TMA unit.
+        // Boxes of (64 rows, kBoxCols).
         Tensor mO = tma.o.get_tma_tensor(make_shape(p.q_tensor_rows, int(kDV), p.num_heads, p.q_tensor_batch));
-        Tensor gO = local_tile(mO(_, _, w.head, w.batch), Shape<_64, Int<kBoxCols>>{},
+        Tensor gO = local_tile(domain_offset(make_coord(w.seq.q_start, _0{}), mO(_, _, w.head, packed ? 0 : w.batch)),
+                               Shape<_64, Int<kBoxCols>>{},
                                make_coord(w.row0 / 64 + group, _));  // (64, kBoxCols, column blocks)
 #pragma unroll
         for (int c = 0; c < kDV / kBoxCols; ++c) {

@@ -4,6 +4,7 @@
 
 #include "../registry.h"
 #include <algorithm>
+#include <mutex>
 
 #include "fwd_kernel.cuh"
 #include "scheduler.cuh"
@@ -37,6 +38,28 @@ using TraitsFor = Traits<CudaElement, kD, kDV, Tile<kD, kDV>::kM, Tile<kD, kDV>:
 // A TMA box cannot have a zero stride; a mode of extent 1 never moves, so any aligned stride does.
 inline int64_t tma_stride(int extent, int64_t stride, int64_t fallback) { return extent == 1 ? fallback : stride; }
 
+// Once per device and instantiation, not per call: the kernel's shared-memory opt-in, and the
+// SM count the persistent grid is sized by (neither changes while the process runs).
+template <class Traits>
+cudaError_t prepare_device(int& num_sms) {
+  constexpr int kMaxDevices = 64;
+  static std::once_flag once[kMaxDevices];
+  static cudaError_t status[kMaxDevices];
+  static int sms[kMaxDevices];
+  int device = 0;
+  const cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
+  std::call_once(once[device], [device] {
+    status[device] = cudaFuncSetAttribute(&fwd_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          Traits::kSmemBytes);
+    if (status[device] == cudaSuccess)
+      status[device] = cudaDeviceGetAttribute(&sms[device], cudaDevAttrMultiProcessorCount, device);
+  });
+  num_sms = sms[device];
+  return status[device];
+}
+
 template <class Traits>
 cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
   using Element = typename Traits::Element;
@@ -47,12 +70,11 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                                    tma_stride(batch, batch_stride, dim)));
   };
   KernelArgs<Traits> args{p, {}, {}};
-  // O through TMA: batched rows only (a packed sequence's last tile would spill into the next
-  // one), 16-byte aligned base and strides.
+  // O through TMA: 16-byte aligned base and strides.
   const auto aligned = [](int extent, int64_t stride) {
     return extent == 1 || stride * int64_t(sizeof(Element)) % 16 == 0;
   };
-  args.tma.store_o = p.cu_seqlens_q == nullptr && reinterpret_cast<uintptr_t>(p.o) % 16 == 0 &&
+  args.tma.store_o = reinterpret_cast<uintptr_t>(p.o) % 16 == 0 &&
                      aligned(p.q_tensor_rows, p.o_row_stride) && aligned(p.num_heads, p.o_head_stride) &&
                      aligned(p.q_tensor_batch, p.o_batch_stride);
   if (args.tma.store_o) {
@@ -78,23 +100,19 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                              take<0, 2>(typename Traits::SmemLayoutV{}),
                              Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{});
 
-  auto* kernel = &fwd_kernel<Traits>;
-  constexpr int kSmem = Traits::kSmemBytes;
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  int num_sms = 0;
+  const cudaError_t err = prepare_device<Traits>(num_sms);
   if (err != cudaSuccess) return err;
   const int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   const int64_t tiles = m_blocks * p.num_heads * p.batch;
   if (tiles == 0) return cudaSuccess;
   if (tiles > INT32_MAX - 2 * 1024) return cudaErrorInvalidValue;  // tile indices are 32-bit
   const TileScheduler scheduler(int(m_blocks), p.num_heads, p.batch, p.tile_counter);
-  int device = 0, num_sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
   // Persistent: one CTA per SM (the tile uses the whole shared memory), each walking the tiles;
   // sm_margin SMs stay free (at least one CTA runs).
   const dim3 grid(unsigned(std::min<int64_t>(tiles, std::max(num_sms - p.sm_margin, 1))));
   args.scheduler = scheduler;
-  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(args);
+  fwd_kernel<Traits><<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(args);
   return cudaGetLastError();
 }
 

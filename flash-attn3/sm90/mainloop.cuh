@@ -47,8 +47,8 @@ struct TmaDescriptors {
   TmaK k;
   TmaV v;
   TmaO o;
-  // O leaves through TMA stores; else (packed varlen rows, whose tiles would spill into the
-  // next sequence, or an output TMA cannot address) through 16-byte stores.
+  // O may leave through TMA stores (the output is TMA-addressable); the epilogue still copies
+  // the rows of a packed sequence's last tile out with 16-byte stores.
   bool store_o;
 };
 
