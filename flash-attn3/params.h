@@ -8,7 +8,9 @@ namespace sgl_fa3 {
 
 enum class DType : int { kFloat16 = 0, kBFloat16 = 1 };
 
-// Strides are in elements. The last dimension of every tensor is contiguous.
+// Strides are in elements. The last dimension of every tensor is contiguous; every attention
+// tensor's base address and its strides (of dimensions longer than 1) are 16-byte multiples, so
+// 16-byte accesses and TMA descriptors can address any of them (the binding checks).
 // A tensor is either "batched" (batch_stride used, sequence offset 0) or "packed"
 // (batch_stride 0, sequence b starts at row cu_seqlens[b]).
 struct FwdParams {
@@ -78,9 +80,10 @@ struct FwdParams {
   float* lse_partial;  // (num_splits, lse_rows) fp32
 
   // A zeroed int32 the Hopper family's persistent grid hands out tiles with (nullptr elsewhere),
-  // and the SMs that grid leaves free for other work (SGLang overlaps communication kernels).
+  // the device's SM count that grid is sized by, and the SMs it leaves free for other work
+  // (SGLang overlaps communication kernels).
   int* tile_counter;
-  int sm_margin;
+  int num_sms, sm_margin;
 
   DType dtype;
 };

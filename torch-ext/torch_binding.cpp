@@ -131,15 +131,6 @@ BackendRequest backend_request() {
   return BackendRequest::kSm90;
 }
 
-// TMA reads a tensor through a descriptor: 16-byte aligned base and 16-byte multiple strides.
-bool tma_addressable(const Tensor& t) {
-  constexpr int64_t kAlign = 16;
-  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % kAlign != 0) return false;
-  for (int64_t i = 0; i + 1 < t.dim(); ++i)
-    if (t.size(i) > 1 && (t.stride(i) * int64_t(t.element_size())) % kAlign != 0) return false;
-  return true;
-}
-
 cudaStream_t current_stream(int device) {
   void* stream = nullptr;
   STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(device, &stream) == AOTI_TORCH_SUCCESS,
@@ -289,8 +280,8 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     plan.n_blocks_per_split = int(n_blocks_per_split);
     plan.use_combine = deterministic || num_splits > 1;
   }
-  // The Hopper family runs prefill tiles without split-KV or GQA packing over TMA-addressable
-  // dense or packed k/v; decode, paged k/v, qv and explicit splits / packing stay portable.
+  // The Hopper family runs prefill tiles without split-KV or GQA packing over dense or packed
+  // k/v (check_attn_tensor's alignment makes every tensor TMA-addressable); decode, paged k/v, qv and explicit splits / packing stay portable.
   const BackendRequest request = backend_request();
   const sgl_fa3::FwdKernels* sm90 =
       device_limits(device).major == 9 ? sgl_fa3::find_fwd({sgl_fa3::Family::kSm90, code, int(head_dim), int(head_dim_v)})
@@ -301,15 +292,14 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
                              : plan.decode                       ? "a decode-sized query"
                              : num_splits > 1                    ? "split-KV (num_splits > 1)"
                              : pack_gqa == 1                     ? "pack_gqa=True"
-                             : !(tma_addressable(q) && tma_addressable(k) && tma_addressable(v))
-                                 ? "tensors with strides or addresses not 16-byte aligned"
-                                 : nullptr;
+                                                                 : nullptr;
   STD_TORCH_CHECK(request != BackendRequest::kSm90 || sm90_blocker == nullptr,
                   "SGL_FLASH_ATTN3_BACKEND=sm90 cannot run this call: ", sm90_blocker);
   if (request != BackendRequest::kPortable && sm90_blocker == nullptr) {
     p.pack_gqa = false;
     p.num_splits = 1;
     p.n_blocks_per_split = 0;
+    p.num_sms = device_limits(device).num_sms;
     p.sm_margin = int(std::min<int64_t>(sm_margin, INT32_MAX));
     const torch::stable::accelerator::DeviceGuard guard(device);
     const cudaStream_t stream = current_stream(device);

@@ -1,8 +1,8 @@
 // Hopper epilogue: normalised O through shared memory to global memory, and the LSE of each row.
 // Each consumer group writes its own 64 rows (no CTA-wide barrier): one thread of the group
 // issues TMA stores of its rows and moves on, or (the rows of a packed sequence's last tile,
-// which a TMA box would carry into the next sequence; outputs TMA cannot address) the group
-// copies them out with 16-byte stores.
+// which a TMA box would carry into the next sequence) the group copies them out with 16-byte
+// stores.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -46,11 +46,11 @@ struct Epilogue {
     // The group's previous O (when O has its own bytes) has been read, by the TMA store its
     // issuer waits for or by every thread.
     if constexpr (!Traits::kOInQ) {
-      if (tma.store_o && issuer) tma_store_wait<0>();
+      if (issuer) tma_store_wait<0>();
       cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
     }
     copy(o_cast, tOsO);
-    if (tma.store_o) cutlass::arch::fence_view_async_shared();  // visible to the TMA unit
+    cutlass::arch::fence_view_async_shared();  // visible to the TMA unit
 
     // LSE: the first thread of each quad holds its rows' values.
     Tensor coords = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDV>>{}));
@@ -68,7 +68,7 @@ struct Epilogue {
     // Batched rows past the tensor's end are clipped by the TMA unit; packed rows must stay
     // within their sequence.
     const bool packed = p.cu_seqlens_q != nullptr;
-    if (tma.store_o && (!packed || w.row0 + 64 * (group + 1) <= w.seq.rows_q)) {
+    if (!packed || w.row0 + 64 * (group + 1) <= w.seq.rows_q) {
       if (issuer) {
         // Boxes of (64 rows, kBoxCols).
         Tensor mO = tma.o.get_tma_tensor(make_shape(p.q_tensor_rows, int(kDV), p.num_heads, p.q_tensor_batch));
@@ -103,8 +103,8 @@ struct Epilogue {
   }
 
   // Before the CTA exits: its last TMA stores have read shared memory.
-  static __device__ void drain(const TmaDescriptors<Traits>& tma, int thread_idx) {
-    if (tma.store_o && thread_idx % 128 == 0) tma_store_wait<0>();
+  static __device__ void drain(int thread_idx) {
+    if (thread_idx % 128 == 0) tma_store_wait<0>();
   }
 
   // Rows of a tile that sees no key: O = 0, LSE = the sink (-inf without sinks).

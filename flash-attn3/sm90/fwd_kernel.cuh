@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
       smem.tile_empty.arrive();
       ++handoffs;
     }
-    Epilogue<Traits>::drain(args.tma, thread_idx);
+    Epilogue<Traits>::drain(thread_idx);
   }
 #endif
 }

@@ -38,14 +38,13 @@ using TraitsFor = Traits<CudaElement, kD, kDV, Tile<kD, kDV>::kM, Tile<kD, kDV>:
 // A TMA box cannot have a zero stride; a mode of extent 1 never moves, so any aligned stride does.
 inline int64_t tma_stride(int extent, int64_t stride, int64_t fallback) { return extent == 1 ? fallback : stride; }
 
-// Once per device and instantiation, not per call: the kernel's shared-memory opt-in, and the
-// SM count the persistent grid is sized by (neither changes while the process runs).
+// The kernel's shared-memory opt-in: once per device and instantiation, not per call (it never
+// changes while the process runs).
 template <class Traits>
-cudaError_t prepare_device(int& num_sms) {
+cudaError_t opt_in_shared_memory() {
   constexpr int kMaxDevices = 64;
   static std::once_flag once[kMaxDevices];
   static cudaError_t status[kMaxDevices];
-  static int sms[kMaxDevices];
   int device = 0;
   const cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
@@ -53,10 +52,7 @@ cudaError_t prepare_device(int& num_sms) {
   std::call_once(once[device], [device] {
     status[device] = cudaFuncSetAttribute(&fwd_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           Traits::kSmemBytes);
-    if (status[device] == cudaSuccess)
-      status[device] = cudaDeviceGetAttribute(&sms[device], cudaDevAttrMultiProcessorCount, device);
   });
-  num_sms = sms[device];
   return status[device];
 }
 
@@ -70,21 +66,12 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                                    tma_stride(batch, batch_stride, dim)));
   };
   KernelArgs<Traits> args{p, {}, {}};
-  // O through TMA: 16-byte aligned base and strides.
-  const auto aligned = [](int extent, int64_t stride) {
-    return extent == 1 || stride * int64_t(sizeof(Element)) % 16 == 0;
-  };
-  args.tma.store_o = reinterpret_cast<uintptr_t>(p.o) % 16 == 0 &&
-                     aligned(p.q_tensor_rows, p.o_row_stride) && aligned(p.num_heads, p.o_head_stride) &&
-                     aligned(p.q_tensor_batch, p.o_batch_stride);
-  if (args.tma.store_o) {
-    auto gO = make_tensor(make_gmem_ptr(static_cast<Element*>(p.o)),
-                          make_shape(p.q_tensor_rows, Traits::kDV, p.num_heads, p.q_tensor_batch),
-                          make_stride(tma_stride(p.q_tensor_rows, p.o_row_stride, Traits::kDV), _1{},
-                                      tma_stride(p.num_heads, p.o_head_stride, Traits::kDV),
-                                      tma_stride(p.q_tensor_batch, p.o_batch_stride, Traits::kDV)));
-    args.tma.o = make_tma_copy(SM90_TMA_STORE{}, gO, typename Traits::SmemLayoutOBox{});
-  }
+  const auto gO = make_tensor(make_gmem_ptr(static_cast<Element*>(p.o)),
+                              make_shape(p.q_tensor_rows, Traits::kDV, p.num_heads, p.q_tensor_batch),
+                              make_stride(tma_stride(p.q_tensor_rows, p.o_row_stride, Traits::kDV), _1{},
+                                          tma_stride(p.num_heads, p.o_head_stride, Traits::kDV),
+                                          tma_stride(p.q_tensor_batch, p.o_batch_stride, Traits::kDV)));
+  args.tma.o = make_tma_copy(SM90_TMA_STORE{}, gO, typename Traits::SmemLayoutOBox{});
   args.tma.q = make_tma_copy(SM90_TMA_LOAD{},
                              gmem(p.q, p.q_tensor_rows, Traits::kD, p.num_heads, p.q_tensor_batch, p.q_row_stride,
                                   p.q_head_stride, p.q_batch_stride),
@@ -100,8 +87,7 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                              take<0, 2>(typename Traits::SmemLayoutV{}),
                              Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{});
 
-  int num_sms = 0;
-  const cudaError_t err = prepare_device<Traits>(num_sms);
+  const cudaError_t err = opt_in_shared_memory<Traits>();
   if (err != cudaSuccess) return err;
   const int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   const int64_t tiles = m_blocks * p.num_heads * p.batch;
@@ -110,7 +96,7 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
   const TileScheduler scheduler(int(m_blocks), p.num_heads, p.batch, p.tile_counter);
   // Persistent: one CTA per SM (the tile uses the whole shared memory), each walking the tiles;
   // sm_margin SMs stay free (at least one CTA runs).
-  const dim3 grid(unsigned(std::min<int64_t>(tiles, std::max(num_sms - p.sm_margin, 1))));
+  const dim3 grid(unsigned(std::min<int64_t>(tiles, std::max(p.num_sms - p.sm_margin, 1))));
   args.scheduler = scheduler;
   fwd_kernel<Traits><<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(args);
   return cudaGetLastError();

@@ -47,9 +47,6 @@ struct TmaDescriptors {
   TmaK k;
   TmaV v;
   TmaO o;
-  // O may leave through TMA stores (the output is TMA-addressable); the epilogue still copies
-  // the rows of a packed sequence's last tile out with 16-byte stores.
-  bool store_o;
 };
 
 // One wgmma batch over the K mode: C = A B (zero_init: C's registers are not read) or C += A B,
