@@ -15,6 +15,7 @@ struct PlanInputs {
   int num_splits;  // requested: 0 = heuristic, 1 = none, n = up to n
   int pack_gqa;    // requested: -1 = heuristic, 0 / 1
   bool deterministic;
+  bool paged;  // k/v read through a page table
 };
 
 struct Plan {
@@ -27,13 +28,19 @@ struct Plan {
 
 // Tuning table (reasons next to each value).
 struct PlanTuning {
-  // Split until the grid fills one wave of decode CTAs (two per SM): a second wave adds a
-  // tail, more splits add partial-output traffic and pipeline ramps (measured on H200, bf16
-  // d128 GQA 32/8: batch 8 x 8k peaks at 4 splits = 256 CTAs, batch 32 x 1k at 1 split).
-  static constexpr int kTargetCtasPerSm = 2;
-  // A split shorter than this many key blocks spends most of its time filling the pipeline
-  // (batch 1 x 8k: 16 splits of 8 blocks beat 33 splits of 4 by 40%).
-  static constexpr int kMinBlocksPerSplit = 8;
+  // Split until every SM has one CTA, never more (floor of num_sms / ctas): on an H100 (bf16
+  // d128, q_len 1, GQA 32/8 and MHA 32/32) one CTA per SM beats two for unpaged k/v at every
+  // batch measured (batch 16 GQA x 1k: 1 split 2306 GB/s vs 2 splits 2014; batch 4 MHA x 1k:
+  // 2389 vs 2052), and a grid a few CTAs over the SM count leaves those SMs with two CTAs and a
+  // tail (batch 1 GQA x 32k: 16 splits = 128 CTAs 2370 GB/s, 17 splits = 136 CTAs 2036).
+  static constexpr int kTargetCtasPerSm = 1;
+  // A paged block waits on its page-table entries too, and one CTA per SM keeps too little in
+  // flight: two per SM (page size 16, GQA batch 8 x 32k: 4 splits 2788 GB/s vs 2 splits 2463;
+  // batch 1 x 32k: 33 splits 2261 vs 16 splits 2104).
+  static constexpr int kTargetCtasPerSmPaged = 2;
+  // A split of fewer key blocks is all ramp (batch 1 GQA x 1k: 8 splits of 2 blocks 386 GB/s,
+  // 16 splits of 1 block 383, 2 splits of 8 blocks 287).
+  static constexpr int kMinBlocksPerSplit = 2;
   // Deterministic mode fixes the split length (in keys) so that each row's split boundaries,
   // hence its rounding, depend only on its own length and never on the rest of the batch.
   static constexpr int kDeterministicKeysPerSplit = 2048;
@@ -70,7 +77,8 @@ inline Plan plan_forward(const PlanInputs& in) {
   if (in.num_splits > 1) {
     splits = std::min({in.num_splits, n_blocks, PlanTuning::kMaxSplits});
   } else if (in.num_splits == 0) {
-    const int64_t target = int64_t(PlanTuning::kTargetCtasPerSm) * in.num_sms;
+    const int64_t target =
+        int64_t(in.paged ? PlanTuning::kTargetCtasPerSmPaged : PlanTuning::kTargetCtasPerSm) * in.num_sms;
     splits = int(std::min<int64_t>(target / ctas, n_blocks / PlanTuning::kMinBlocksPerSplit));
     splits = std::clamp(splits, 1, PlanTuning::kMaxSplits);
   }

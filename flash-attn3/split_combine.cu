@@ -1,18 +1,30 @@
 // Split-KV combine: out = sum_s exp(lse_s - lse) * o_s with lse = log(sum_s exp(lse_s) + e^sink).
 //
-// One warp per output row (an "lse index"). Lanes first reduce the split LSEs to the row's
-// weights (kept in shared memory), then stream the dv columns, four per lane, summing the
-// splits in index order so that the result is bitwise repeatable.
+// A CTA combines a few consecutive output rows ("lse indices"; the launcher picks how many, so that
+// few-split rows share a CTA and many-split rows get the whole CTA). First one warp per row
+// reduces the split LSEs to weights in shared memory. Then the threads form a (row, split lane,
+// column group of 4) grid: each thread sums the splits s = lane, lane + lanes, ... of its four
+// columns with several loads in flight, and the split lanes are added in lane order. The
+// summation order depends only on num_splits and dv, so results are bitwise repeatable and
+// independent of the other rows. Spreading a row's num_splits x dv partials over many threads
+// keeps the combine at a few memory latencies instead of num_splits of them.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <algorithm>
 
 #include "api.h"
 
 namespace sgl_fa3 {
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
 constexpr int kMaxSplits = 256;
+constexpr int kMaxDV = 512;
+constexpr int kMaxRows = 8;      // rows per CTA (few splits, small dv)
+constexpr int kSplitUnroll = 4;  // independent partial-output loads in flight per thread
+static_assert(kMaxDV / 4 <= kThreads, "one column group of 4 per thread at the largest dv");
 
 template <typename Element>
 __device__ __forceinline__ void store4(Element* dst, float4 v);
@@ -27,65 +39,104 @@ __device__ __forceinline__ void store4<__nv_bfloat16>(__nv_bfloat16* dst, float4
   *reinterpret_cast<uint2*>(dst) = make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
 }
 
+__device__ __forceinline__ float4 fma4(float w, float4 v, float4 acc) {
+  return make_float4(acc.x + w * v.x, acc.y + w * v.y, acc.z + w * v.z, acc.w + w * v.w);
+}
+
 template <typename Element>
-__global__ void __launch_bounds__(kWarps * 32) split_combine_kernel(const __grid_constant__ FwdParams p) {
-  __shared__ float weights[kWarps][kMaxSplits];
+__global__ void __launch_bounds__(kThreads) split_combine_kernel(const __grid_constant__ FwdParams p, int rows,
+                                                                 int split_lanes) {
+  __shared__ float weights[kMaxRows][kMaxSplits];
+  __shared__ float lse_of[kMaxRows];
+  __shared__ float4 lane_sums[kThreads];  // (row, split lane, column group)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t index = int64_t(blockIdx.x) * kWarps + warp;
-  if (index >= p.lse_rows) return;
+  const int splits = p.num_splits;
+  const int64_t first = int64_t(blockIdx.x) * rows;
 
-  // lse index -> (head, output row address).
-  int head;
-  int64_t o_offset;
-  if (p.cu_seqlens_q) {  // lse (h, total_q)
-    head = int(index / p.lse_head_stride);
-    o_offset = (index % p.lse_head_stride) * p.o_row_stride + head * p.o_head_stride;
-  } else {  // lse (b, h, sq)
-    const int64_t b = index / p.lse_batch_stride, rem = index % p.lse_batch_stride;
-    head = int(rem / p.lse_head_stride);
-    o_offset = b * p.o_batch_stride + (rem % p.lse_head_stride) * p.o_row_stride + head * p.o_head_stride;
-  }
-
-  const float sink = p.sinks ? p.sinks[head] : -INFINITY;
-  float m = sink;
-  for (int s = lane; s < p.num_splits; s += 32) m = fmaxf(m, p.lse_partial[s * p.lse_rows + index]);
+  // Row r's weights: one warp, lanes over the splits (fixed order for a given num_splits).
+  for (int r = warp; r < rows; r += kWarps) {
+    const int64_t index = first + r;
+    if (index >= p.lse_rows) break;
+    const int head = p.cu_seqlens_q ? int(index / p.lse_head_stride)
+                                    : int(index % p.lse_batch_stride / p.lse_head_stride);
+    const float sink = p.sinks ? p.sinks[head] : -INFINITY;
+    float m = sink;
+    for (int s = lane; s < splits; s += 32) m = fmaxf(m, p.lse_partial[s * p.lse_rows + index]);
 #pragma unroll
-  for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  float total = 0.f;
-  if (m != -INFINITY) {
-    for (int s = lane; s < p.num_splits; s += 32) total += expf(p.lse_partial[s * p.lse_rows + index] - m);
+    for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float total = 0.f;
+    if (m != -INFINITY) {
+      for (int s = lane; s < splits; s += 32) total += expf(p.lse_partial[s * p.lse_rows + index] - m);
 #pragma unroll
-    for (int o = 16; o > 0; o /= 2) total += __shfl_xor_sync(0xffffffffu, total, o);
-    total += expf(sink - m);
-  }
-  const float lse = m == -INFINITY ? -INFINITY : m + logf(total);
-  for (int s = lane; s < p.num_splits; s += 32)
-    weights[warp][s] = lse == -INFINITY ? 0.f : expf(p.lse_partial[s * p.lse_rows + index] - lse);
-  __syncwarp();
-
-  Element* out = static_cast<Element*>(p.o) + o_offset;
-  for (int col = lane * 4; col < p.head_dim_v; col += 128) {
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int s = 0; s < p.num_splits; ++s) {
-      const float w = weights[warp][s];
-      const float4 v = *reinterpret_cast<const float4*>(p.o_partial + (int64_t(s) * p.lse_rows + index) * p.head_dim_v + col);
-      acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
+      for (int o = 16; o > 0; o /= 2) total += __shfl_xor_sync(0xffffffffu, total, o);
+      total += expf(sink - m);
     }
-    store4<Element>(out + col, acc);
+    const float lse = m == -INFINITY ? -INFINITY : m + logf(total);
+    for (int s = lane; s < splits; s += 32)
+      weights[r][s] = lse == -INFINITY ? 0.f : expf(p.lse_partial[s * p.lse_rows + index] - lse);
+    if (lane == 0) lse_of[r] = lse;
   }
-  if (lane == 0) p.lse[index] = lse;
+  __syncthreads();
+
+  const int groups = p.head_dim_v / 4;
+  const int per_row = groups * split_lanes;
+  const int r = threadIdx.x / per_row, split_lane = threadIdx.x % per_row / groups, group = threadIdx.x % groups;
+  const int64_t index = first + r;
+  const bool active = r < rows && index < p.lse_rows;
+  if (active) {
+    const float* src = p.o_partial + index * p.head_dim_v + group * 4;
+    const int64_t split_stride = p.lse_rows * p.head_dim_v;
+    const float* w = weights[r];
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    int s = split_lane;
+    for (; s + (kSplitUnroll - 1) * split_lanes < splits; s += kSplitUnroll * split_lanes) {
+      float4 v[kSplitUnroll];
+#pragma unroll
+      for (int u = 0; u < kSplitUnroll; ++u)
+        v[u] = *reinterpret_cast<const float4*>(src + (s + u * split_lanes) * split_stride);
+#pragma unroll
+      for (int u = 0; u < kSplitUnroll; ++u) acc = fma4(w[s + u * split_lanes], v[u], acc);
+    }
+    for (; s < splits; s += split_lanes) acc = fma4(w[s], *reinterpret_cast<const float4*>(src + s * split_stride), acc);
+    lane_sums[threadIdx.x] = acc;
+  }
+  __syncthreads();
+  if (active && split_lane == 0) {
+    float4 acc = lane_sums[threadIdx.x];
+    for (int l = 1; l < split_lanes; ++l) {
+      const float4 v = lane_sums[threadIdx.x + l * groups];
+      acc = make_float4(acc.x + v.x, acc.y + v.y, acc.z + v.z, acc.w + v.w);
+    }
+    int64_t o_offset;  // lse index -> output row
+    if (p.cu_seqlens_q) {  // lse (h, total_q)
+      const int64_t head = index / p.lse_head_stride;
+      o_offset = (index % p.lse_head_stride) * p.o_row_stride + head * p.o_head_stride;
+    } else {  // lse (b, h, sq)
+      const int64_t b = index / p.lse_batch_stride, rem = index % p.lse_batch_stride;
+      o_offset = b * p.o_batch_stride + (rem % p.lse_head_stride) * p.o_row_stride +
+                 (rem / p.lse_head_stride) * p.o_head_stride;
+    }
+    store4<Element>(static_cast<Element*>(p.o) + o_offset + group * 4, acc);
+    if (group == 0) p.lse[index] = lse_of[r];
+  }
 }
 
 }  // namespace
 
 cudaError_t run_split_combine(const FwdParams& params, cudaStream_t stream) {
-  if (params.num_splits > kMaxSplits || params.head_dim_v % 4 != 0) return cudaErrorInvalidValue;
-  const int64_t blocks = (params.lse_rows + kWarps - 1) / kWarps;
-  if (blocks == 0) return cudaSuccess;
+  if (params.num_splits < 1 || params.num_splits > kMaxSplits || params.head_dim_v % 4 != 0 ||
+      params.head_dim_v > kMaxDV)
+    return cudaErrorInvalidValue;
+  if (params.lse_rows == 0) return cudaSuccess;
+  // As many split lanes per row as there are splits (up to the CTA), then as many rows as fit.
+  const int groups = params.head_dim_v / 4;
+  const int split_lanes = std::min(params.num_splits, kThreads / groups);
+  const int rows = std::min(kMaxRows, kThreads / (groups * split_lanes));
+  const dim3 grid(unsigned((params.lse_rows + rows - 1) / rows));
   if (params.dtype == DType::kFloat16) {
-    split_combine_kernel<__half><<<unsigned(blocks), kWarps * 32, 0, stream>>>(params);
+    split_combine_kernel<__half><<<grid, kThreads, 0, stream>>>(params, rows, split_lanes);
   } else {
-    split_combine_kernel<__nv_bfloat16><<<unsigned(blocks), kWarps * 32, 0, stream>>>(params);
+    split_combine_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(params, rows, split_lanes);
   }
   return cudaGetLastError();
 }

@@ -234,6 +234,8 @@ def main() -> int:
     parser.add_argument("--filter", help="regex: build only instantiation sources that match")
     parser.add_argument("--archs", help="comma-separated CUDA capabilities to build (default: build.toml)")
     parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count())
+    parser.add_argument("--id", help="op-namespace id instead of the git revision (builds loaded side by side "
+                                     "in one process need distinct ids)")
     args = parser.parse_args()
 
     config = tomllib.loads((ROOT / "build.toml").read_text())
@@ -243,7 +245,7 @@ def main() -> int:
     tc = toolchain()
     variant, target_version = variant_name(config)
     python_name = config["general"]["name"].replace("-", "_")
-    ops_name = f"_{python_name}_cuda_{build_id()}"
+    ops_name = f"_{python_name}_cuda_{args.id or build_id()}"
     archs = args.archs.split(",") if args.archs else None
     all_caps = sorted({c for k in config["kernel"].values() for c in k["cuda-capabilities"]})
     built_caps = [c for c in all_caps if archs is None or c in archs]

@@ -273,7 +273,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   sgl_fa3::Plan plan = sgl_fa3::plan_forward(
       {int(batch), int(seqlen_q), int(std::min<int64_t>(keys_bound, INT32_MAX)), int(num_heads), int(num_heads_k),
        kernels.prefill.block_m, kernels.prefill.block_n, kernels.decode.block_m, kernels.decode.block_n,
-       device_limits(device).num_sms, int(num_splits), int(pack_gqa), deterministic});
+       device_limits(device).num_sms, int(num_splits), int(pack_gqa), deterministic, paged});
   if (n_blocks_per_split > 0) {  // a precomputed plan (get_scheduler_metadata)
     STD_TORCH_CHECK(num_splits >= 1, "a precomputed plan needs num_splits >= 1");
     plan.num_splits = int(num_splits);
@@ -428,10 +428,10 @@ void rotary_q(Tensor q, Tensor q_rot, Tensor cache_seqlens, OptTensor cu_seqlens
 }
 
 // Fills plan (CPU int32, 4 entries) with [num_splits, n_blocks_per_split, pack_gqa, use_combine]
-// for the given problem on the current CUDA device.
+// for the given problem (paged: k/v through a page table) on the given CUDA device.
 void plan(Tensor out, int64_t batch, int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t num_heads,
           int64_t num_heads_k, int64_t head_dim, int64_t head_dim_v, int64_t dtype, int64_t num_splits,
-          int64_t pack_gqa, bool deterministic, int64_t device) {
+          int64_t pack_gqa, bool deterministic, bool paged, int64_t device) {
   STD_TORCH_CHECK(out.is_cpu() && out.scalar_type() == ScalarType::Int && out.numel() == 4 && out.is_contiguous(),
                   "plan output must be a contiguous CPU int32 tensor of 4 entries");
   STD_TORCH_CHECK(num_heads_k > 0 && num_heads % num_heads_k == 0, "num_heads must be a multiple of num_heads_k");
@@ -439,7 +439,7 @@ void plan(Tensor out, int64_t batch, int64_t max_seqlen_q, int64_t max_seqlen_k,
   const sgl_fa3::Plan result = sgl_fa3::plan_forward(
       {int(batch), int(max_seqlen_q), int(max_seqlen_k), int(num_heads), int(num_heads_k), kernels.prefill.block_m,
        kernels.prefill.block_n, kernels.decode.block_m, kernels.decode.block_n, device_limits(int(device)).num_sms,
-       int(num_splits), int(pack_gqa), deterministic});
+       int(num_splits), int(pack_gqa), deterministic, paged});
   int* values = static_cast<int*>(out.data_ptr());
   values[0] = result.num_splits;
   values[1] = result.n_blocks_per_split;
@@ -466,7 +466,8 @@ STABLE_TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, m) {
       "Tensor rotary_cos, Tensor rotary_sin, Tensor? rotary_seqlens, bool rotary_interleaved, bool per_row) -> ()");
   m.def(
       "plan(Tensor(a!) out, int batch, int max_seqlen_q, int max_seqlen_k, int num_heads, int num_heads_k, "
-      "int head_dim, int head_dim_v, int dtype, int num_splits, int pack_gqa, bool deterministic, int device) -> ()");
+      "int head_dim, int head_dim_v, int dtype, int num_splits, int pack_gqa, bool deterministic, bool paged, "
+      "int device) -> ()");
 }
 
 STABLE_TORCH_LIBRARY_IMPL_EXPAND(TORCH_EXTENSION_NAME, CUDA, m) {

@@ -610,7 +610,7 @@ def get_scheduler_metadata(
     plan = torch.empty(4, dtype=torch.int32)
     ops.plan(plan, batch_size, max_seqlen_q, max_seqlen_k + max_seqlen_k_new, num_heads_q, num_heads_kv, headdim,
              headdim_v, 0 if qkv_dtype == torch.float16 else 1, knobs.num_splits, knobs.pack_gqa, False,
-             _device_index(device))
+             bool(page_size), _device_index(device))
     return torch.tensor([_PLAN_MAGIC, *plan.tolist(), batch_size, num_heads_q, num_heads_kv, headdim, headdim_v],
                         dtype=torch.int32)
 
