@@ -26,8 +26,34 @@
 
 namespace sgl_fa3::portable {
 
+// Shared-memory layout of a tile of rows of kCols 16-bit elements, addressed in 16-byte chunks.
+// Swizzled rows (a multiple of 128 bytes) are stored unpadded with chunk c of row r at chunk
+// (c & ~7) | ((c ^ r) & 7): the eight rows an ldmatrix phase reads (consecutive rows, same
+// chunk) fall in eight different bank groups, and each 128-byte segment of a row stays one
+// aligned segment, so a warp's cp.async of whole rows writes whole segments. (Rows padded by 16
+// bytes split those segments: the L1 then sent ~2.3 sectors per L2 request and fetched 56% more
+// L2 sectors than the tile holds, which cost decode ~5% of DRAM bandwidth on an H100.) The
+// swizzle costs address arithmetic per ldmatrix, so register-bound tiles may keep padded rows
+// (the tile table chooses); other row lengths (d 96) are always padded by 16 bytes.
+template <int kCols_, bool kSwizzle>
+struct RowTile {
+  static constexpr int kCols = kCols_;
+  static constexpr bool kSwizzled = kSwizzle && kCols % 64 == 0;
+  static constexpr int kRow = kSwizzled ? kCols : kCols + 8;  // elements between rows
+  // Element offset of (row, col); col is a multiple of 8 (one 16-byte chunk). Callers may
+  // offset the tile base by a multiple of 8 rows: the swizzle depends on row % 8 only.
+  __device__ __forceinline__ static int offset(int row, int col) {
+    if constexpr (kSwizzled) {
+      const int chunk = col / 8;
+      return row * kRow + ((chunk & ~7) | ((chunk ^ row) & 7)) * 8;
+    } else {
+      return row * kRow + col;
+    }
+  }
+};
+
 template <typename Element_, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kRowWarps_,
-          int kColWarps_, int kKeyWarps_, bool kQInRegs_, int kStages_>
+          int kColWarps_, int kKeyWarps_, bool kQInRegs_, int kStages_, bool kSwizzle_>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kD = kD_, kDV = kDV_;
@@ -42,9 +68,9 @@ struct FwdTraits {
   static constexpr int kKeysPerWarp = kBlockN / kKeyWarps;
   // Absorbed MLA (qv) only exists for d <= 64 with dv >= 256; only those tiles reserve smem.
   static constexpr bool kHasQvSmem = kD <= 64 && kDV >= 256;
-  // Rows are padded by 16 bytes: consecutive rows start 4 banks apart, so the eight row
-  // addresses of one ldmatrix phase hit distinct banks.
-  static constexpr int kRowQ = kD + 8, kRowV = kDV + 8;
+  using TileQ = RowTile<kD, kSwizzle_>;   // Q, K: (rows, kD)
+  using TileV = RowTile<kDV, kSwizzle_>;  // V, Qv: (rows, kDV)
+  static constexpr int kRowQ = TileQ::kRow, kRowV = TileV::kRow;
   static constexpr int kSmemQ = kBlockM * kRowQ;
   static constexpr int kSmemQv = kHasQvSmem ? kBlockM * kRowV : 0;
   static constexpr int kSmemK = kBlockN * kRowQ;
@@ -64,6 +90,8 @@ struct FwdTraits {
   static_assert(kD % 16 == 0 && kDV % 16 == 0, "head dims must be multiples of the mma k (16)");
   static_assert(kDVPerWarp % 16 == 0, "each column warp owns whole pairs of n8 output tiles");
   static_assert(kKeysPerWarp % 16 == 0, "each key warp owns whole k16 steps of the key block");
+  static_assert(kKeysPerWarp % 8 == 0 && (kBlockM / kRowWarps) % 8 == 0,
+                "warp tiles start at multiples of 8 rows, where the smem swizzle repeats");
   static_assert(kColWarps == 1 || kKeyWarps == 1, "split the output columns or the keys, not both");
   static_assert(kNThreads >= kBlockN, "one thread fetches each key row's paged offsets");
   static_assert(kStages >= 2, "the K/V ring needs a stage in flight besides the one computed on");
@@ -94,13 +122,14 @@ struct KVLayout {
   }
 };
 
-// Copies rows [0, rows_valid) of a (kRows, kCols) tile into padded shared memory (row stride
-// kSmemRow); rows past the end are zero-filled so no stale or NaN data reaches the MMA.
+// Copies rows [0, rows_valid) of a (kRows, Tile::kCols) tile into shared memory laid out as
+// Tile; rows past the end are zero-filled so no stale or NaN data reaches the MMA.
 // `src(row)` is the global address of a row; callers guarantee rows_valid >= 1 (row 0 stands in
 // as the unread source of padding rows). When the CTA's threads cover whole rows, each thread
 // keeps one column and walks rows kNThreads / kChunksPerRow apart.
-template <int kNThreads, int kRows, int kCols, int kSmemRow, typename Element, typename RowAddr>
+template <int kNThreads, int kRows, typename Tile, typename Element, typename RowAddr>
 __device__ __forceinline__ void load_tile(Element* smem, const RowAddr& src, int rows_valid) {
+  constexpr int kCols = Tile::kCols;
   constexpr int kChunksPerRow = kCols * int(sizeof(Element)) / 16;
   constexpr int kChunks = kRows * kChunksPerRow;
   constexpr int kIters = (kChunks + kNThreads - 1) / kNThreads;
@@ -112,7 +141,7 @@ __device__ __forceinline__ void load_tile(Element* smem, const RowAddr& src, int
     for (int it = 0; it < kIters; ++it) {
       const int row = row0 + it * kRowStep;
       const bool valid = row < rows_valid;
-      cp_async_16(smem + row * kSmemRow + col, (valid ? src(row) : fallback) + col, valid);
+      cp_async_16(smem + Tile::offset(row, col), (valid ? src(row) : fallback) + col, valid);
     }
   } else {
 #pragma unroll
@@ -122,20 +151,21 @@ __device__ __forceinline__ void load_tile(Element* smem, const RowAddr& src, int
       const int row = chunk / kChunksPerRow;
       const int col = (chunk % kChunksPerRow) * 8;
       const bool valid = row < rows_valid;
-      cp_async_16(smem + row * kSmemRow + col, (valid ? src(row) : fallback) + col, valid);
+      cp_async_16(smem + Tile::offset(row, col), (valid ? src(row) : fallback) + col, valid);
     }
   }
 }
 
-// acc[s][n] += A_s B^T over kK: A rows from sA (row stride kRowA, this warp's slabs at
-// a_row0), B rows (this warp's keys) from sB (row stride kRowB). With kARegs the A fragments come from
-// registers instead: a_regs is (kMSlabs, kK / 16, 4) flattened.
-template <typename Traits, int kK, int kRowA, int kRowB, bool kARegs>
+// acc[s][n] += A_s B^T over kK: A rows from sA (this warp's slabs at a_row0), B rows (this
+// warp's keys) from sB, both laid out as Tile (kK = Tile::kCols). With kARegs the A fragments
+// come from registers instead: a_regs is (kMSlabs, kK / 16, 4) flattened.
+template <typename Traits, typename Tile, bool kARegs>
 __device__ __forceinline__ void gemm_scores(float (&acc)[Traits::kMSlabs][Traits::kKeysPerWarp / 8][4],
                                             const typename Traits::Element* sA, int a_row0,
                                             const typename Traits::Element* sB, const uint32_t* a_regs,
                                             int lane) {
   using Element = typename Traits::Element;
+  constexpr int kK = Tile::kCols;
 #pragma unroll
   for (int kk = 0; kk < kK / 16; ++kk) {
     uint32_t a[Traits::kMSlabs][4];
@@ -145,14 +175,14 @@ __device__ __forceinline__ void gemm_scores(float (&acc)[Traits::kMSlabs][Traits
 #pragma unroll
         for (int e = 0; e < 4; ++e) a[s][e] = a_regs[(s * (kK / 16) + kk) * 4 + e];
       } else {
-        ldmatrix_x4(a[s], sA + (a_row0 + s * 16 + lane % 16) * kRowA + kk * 16 + (lane / 16) * 8);
+        ldmatrix_x4(a[s], sA + Tile::offset(a_row0 + s * 16 + lane % 16, kk * 16 + (lane / 16) * 8));
       }
     }
 #pragma unroll
     for (int nt = 0; nt < Traits::kKeysPerWarp / 8; nt += 2) {
       // Matrices: (keys nt*8.., k lo), (keys nt*8.., k hi), (keys nt*8+8.., k lo), (.., k hi).
       uint32_t b[4];
-      ldmatrix_x4(b, sB + (nt * 8 + lane % 8 + (lane / 16) * 8) * kRowB + kk * 16 + ((lane / 8) % 2) * 8);
+      ldmatrix_x4(b, sB + Tile::offset(nt * 8 + lane % 8 + (lane / 16) * 8, kk * 16 + ((lane / 8) % 2) * 8));
 #pragma unroll
       for (int s = 0; s < Traits::kMSlabs; ++s) {
         mma_16816<Element>(acc[s][nt], a[s], b[0], b[1]);
@@ -243,15 +273,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const int rows_valid = seq.seqlen_k - key0;
     if (paged) {
       const int64_t* offs = sRowOffsets + stage * 2 * kBlockN;
-      load_tile<kNThreads, kBlockN, kD, kRowQ>(sK, [&](int r) { return gK + offs[r]; }, rows_valid);
-      load_tile<kNThreads, kBlockN, kDV, kRowV>(sK + Traits::kSmemK, [&](int r) { return gV + offs[kBlockN + r]; },
+      load_tile<kNThreads, kBlockN, typename Traits::TileQ>(sK, [&](int r) { return gK + offs[r]; }, rows_valid);
+      load_tile<kNThreads, kBlockN, typename Traits::TileV>(sK + Traits::kSmemK, [&](int r) { return gV + offs[kBlockN + r]; },
                                                rows_valid);
     } else {
       const Element* k0 = gK + int64_t(key0) * params.k_row_stride;
       const Element* v0 = gV + int64_t(key0) * params.v_row_stride;
-      load_tile<kNThreads, kBlockN, kD, kRowQ>(sK, [&](int r) { return k0 + int64_t(r) * params.k_row_stride; },
+      load_tile<kNThreads, kBlockN, typename Traits::TileQ>(sK, [&](int r) { return k0 + int64_t(r) * params.k_row_stride; },
                                               rows_valid);
-      load_tile<kNThreads, kBlockN, kDV, kRowV>(
+      load_tile<kNThreads, kBlockN, typename Traits::TileV>(
           sK + Traits::kSmemK, [&](int r) { return v0 + int64_t(r) * params.v_row_stride; }, rows_valid);
     }
   };
@@ -283,7 +313,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   uint32_t q_frag[Traits::kQInRegs ? kMSlabs : 1][Traits::kQInRegs ? kD / 16 : 1][4];
   if (has_keys) {
     const Element* gQ = static_cast<const Element*>(params.q) + seq.q_offset;
-    load_tile<kNThreads, kBlockM, kD, kRowQ>(
+    load_tile<kNThreads, kBlockM, typename Traits::TileQ>(
         sQ,
         [&](int r) {
           const int tr = row0 + r;
@@ -292,7 +322,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         last_used - row0 + 1);
     if (has_qv) {
       const Element* gQv = static_cast<const Element*>(params.qv) + seq.qv_offset;
-      load_tile<kNThreads, kBlockM, kDV, kRowV>(
+      load_tile<kNThreads, kBlockM, typename Traits::TileV>(
           sQv,
           [&](int r) {
             const int tr = row0 + r;
@@ -317,7 +347,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
         for (int kk = 0; kk < kD / 16; ++kk)
-          ldmatrix_x4(q_frag[s][kk], sQ + (warp_row0 + s * 16 + lane % 16) * kRowQ + kk * 16 + (lane / 16) * 8);
+          ldmatrix_x4(q_frag[s][kk], sQ + Traits::TileQ::offset(warp_row0 + s * 16 + lane % 16, kk * 16 + (lane / 16) * 8));
     }
   }
 
@@ -361,11 +391,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
       for (int i = 0; i < kNTilesS; ++i) acc_s[s][i][0] = acc_s[s][i][1] = acc_s[s][i][2] = acc_s[s][i][3] = 0.f;
-    gemm_scores<Traits, kD, kRowQ, kRowQ, Traits::kQInRegs>(acc_s, sQ, warp_row0, sK + warp_key0 * kRowQ,
+    gemm_scores<Traits, typename Traits::TileQ, Traits::kQInRegs>(acc_s, sQ, warp_row0, sK + warp_key0 * kRowQ,
                                                             &q_frag[0][0][0], lane);
     if constexpr (Traits::kHasQvSmem) {
       if (has_qv)
-        gemm_scores<Traits, kDV, kRowV, kRowV, false>(acc_s, sQv, warp_row0, sV + warp_key0 * kRowV, nullptr, lane);
+        gemm_scores<Traits, typename Traits::TileV, false>(acc_s, sQv, warp_row0, sV + warp_key0 * kRowV, nullptr, lane);
     }
     if (use_softcap) {
 #pragma unroll
@@ -436,8 +466,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       for (int nt = 0; nt < kNTilesO; nt += 2) {
         // Matrices: (keys lo, d nt*8..), (keys hi, d nt*8..), (keys lo, d +8), (keys hi, d +8).
         uint32_t b[4];
-        ldmatrix_x4_trans(b, sV + (warp_key0 + kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kRowV +
-                                 col_warp * Traits::kDVPerWarp + nt * 8 + (lane / 16) * 8);
+        ldmatrix_x4_trans(b, sV + Traits::TileV::offset(warp_key0 + kk * 16 + lane % 8 + ((lane / 8) % 2) * 8,
+                                                        col_warp * Traits::kDVPerWarp + nt * 8 + (lane / 16) * 8));
 #pragma unroll
         for (int s = 0; s < kMSlabs; ++s) {
           mma_16816<Element>(acc_o[s][nt], p_frag[s], b[0], b[1]);

@@ -16,6 +16,9 @@ namespace sgl_fa3::portable {
 // Q stays in registers only where it fits next to O and S (d64). Absorbed MLA (64 -> 256/512)
 // splits the output columns over column warps (O would need 128-256 registers per thread).
 // Two stages: the next K/V block loads while the current one is computed.
+// Swizzled smem rows (see RowTile) for d64, where they measured 2-4% faster on an H100; the
+// larger prefill tiles keep padded rows: the swizzle's address arithmetic pushed d128 (kN 32,
+// 255 registers) from 16 to 52 bytes of spills and 5-7% slower.
 //
 // Decode (at most 16 rows after GQA packing). One 16-row slab, four warps splitting each key
 // block, and three K/V stages (~100 KB) in flight per CTA: two CTAs per SM cover the memory
@@ -23,14 +26,14 @@ namespace sgl_fa3::portable {
 template <int kD, int kDV>
 struct PrefillTile;
 // clang-format off
-template <> struct PrefillTile<64, 64>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = true; };
-template <> struct PrefillTile<96, 96>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<128, 128> { static constexpr int kM = 128, kN = 32, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<192, 192> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<192, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<256, 256> { static constexpr int kM = 128, kN = 32, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<64, 256>  { static constexpr int kM = 64,  kN = 64, kRowWarps = 4, kColWarps = 2, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
-template <> struct PrefillTile<64, 512>  { static constexpr int kM = 64,  kN = 32, kRowWarps = 4, kColWarps = 2, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false; };
+template <> struct PrefillTile<64, 64>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = true, kSwizzle = true; };
+template <> struct PrefillTile<96, 96>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
+template <> struct PrefillTile<128, 128> { static constexpr int kM = 128, kN = 32, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
+template <> struct PrefillTile<192, 192> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
+template <> struct PrefillTile<192, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
+template <> struct PrefillTile<256, 256> { static constexpr int kM = 128, kN = 32, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
+template <> struct PrefillTile<64, 256>  { static constexpr int kM = 64,  kN = 64, kRowWarps = 4, kColWarps = 2, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
+template <> struct PrefillTile<64, 512>  { static constexpr int kM = 64,  kN = 32, kRowWarps = 4, kColWarps = 2, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
 
 template <int kD, int kDV>
 struct DecodeTile {
@@ -42,12 +45,13 @@ struct DecodeTile {
   static constexpr int kN = kD + kDV >= 384 && kKeyWarps == 1 ? 32 : 64;  // three stages near 100 KB
   static constexpr int kStages = kD + kDV > 600 ? 2 : 3;
   static constexpr bool kQInRegs = kD <= 128;
+  static constexpr bool kSwizzle = true;  // memory-bound: whole 128-byte segments per cp.async
 };
 // clang-format on
 
 template <typename Element, int kD, int kDV, typename Tile>
 using TraitsFor = FwdTraits<Element, kD, kDV, Tile::kM, Tile::kN, Tile::kRowWarps, Tile::kColWarps, Tile::kKeyWarps,
-                            Tile::kQInRegs, Tile::kStages>;
+                            Tile::kQInRegs, Tile::kStages, Tile::kSwizzle>;
 
 template <typename Traits>
 cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
