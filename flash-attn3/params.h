@@ -84,6 +84,9 @@ struct FwdParams {
   // (SGLang overlaps communication kernels).
   int* tile_counter;
   int num_sms, sm_margin;
+  // sm90+: the split-KV combine is launched as a programmatic dependent of the forward grid, so
+  // its launch overlaps the forward's last CTAs instead of following their exit.
+  bool pdl;
 
   DType dtype;
 };

@@ -49,6 +49,10 @@ __global__ void __launch_bounds__(kThreads) split_combine_kernel(const __grid_co
   __shared__ float weights[kMaxRows][kMaxSplits];
   __shared__ float lse_of[kMaxRows];
   __shared__ float4 lane_sums[kThreads];  // (row, split lane, column group)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Launched as a programmatic dependent (p.pdl): wait for the forward grid's partial outputs.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int splits = p.num_splits;
   const int64_t first = int64_t(blockIdx.x) * rows;
@@ -132,13 +136,18 @@ cudaError_t run_split_combine(const FwdParams& params, cudaStream_t stream) {
   const int groups = params.head_dim_v / 4;
   const int split_lanes = std::min(params.num_splits, kThreads / groups);
   const int rows = std::min(kMaxRows, kThreads / (groups * split_lanes));
-  const dim3 grid(unsigned((params.lse_rows + rows - 1) / rows));
-  if (params.dtype == DType::kFloat16) {
-    split_combine_kernel<__half><<<grid, kThreads, 0, stream>>>(params, rows, split_lanes);
-  } else {
-    split_combine_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(params, rows, split_lanes);
-  }
-  return cudaGetLastError();
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned((params.lse_rows + rows - 1) / rows));
+  config.blockDim = dim3(kThreads);
+  config.stream = stream;
+  cudaLaunchAttribute overlap = {};
+  overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &overlap;
+  config.numAttrs = params.pdl ? 1 : 0;
+  return params.dtype == DType::kFloat16
+             ? cudaLaunchKernelEx(&config, split_combine_kernel<__half>, params, rows, split_lanes)
+             : cudaLaunchKernelEx(&config, split_combine_kernel<__nv_bfloat16>, params, rows, split_lanes);
 }
 
 }  // namespace sgl_fa3

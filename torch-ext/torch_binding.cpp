@@ -327,6 +327,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     Tensor lse_partial = torch::stable::new_empty(q, {plan.num_splits, p.lse_rows}, ScalarType::Float);
     p.o_partial = static_cast<float*>(o_partial.data_ptr());
     p.lse_partial = static_cast<float*>(lse_partial.data_ptr());
+    p.pdl = device_limits(device).major >= 9;
     check_launch(kernel.launch(p, stream), "attention kernel launch");
     check_launch(sgl_fa3::run_split_combine(p, stream), "split-KV combine launch");
   } else {

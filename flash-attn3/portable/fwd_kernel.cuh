@@ -484,6 +484,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
   }
 
+  // The split-KV combine (a programmatic dependent on sm90) may start launching now; it waits
+  // for this grid's partial outputs before reading them.
+  if (partial) allow_dependent_launch();
+
   // Epilogue. Each warp parks its unnormalised O and its row statistics (max in log2 units, sum)
   // in smem; then every thread merges the key warps for 4 columns of a row at a time, folds in
   // the sink (final output only) and writes 16-byte chunks.
