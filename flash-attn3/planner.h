@@ -6,11 +6,19 @@
 
 namespace sgl_fa3 {
 
+struct TileShape {
+  int block_m, block_n;
+};
+
+// The forward tiles of an instantiation, from the most rows to the fewest.
+enum class TileKind : int { kPrefill = 0, kShortQuery = 1, kDecode = 2 };
+
 struct PlanInputs {
   int batch, max_seqlen_q, max_seqlen_k;  // max_seqlen_k includes appended keys
   int num_heads, num_heads_k;
-  int block_m, block_n;                // prefill tile
-  int decode_block_m, decode_block_n;  // decode tile (few rows)
+  TileShape prefill;      // compute-bound tile
+  TileShape short_query;  // up to a few dozen rows (speculative decoding, packed GQA groups)
+  TileShape decode;       // a few rows (one query per head, GQA-packed)
   int num_sms;
   int num_splits;  // requested: 0 = heuristic, 1 = none, n = up to n
   int pack_gqa;    // requested: -1 = heuristic, 0 / 1
@@ -22,7 +30,7 @@ struct Plan {
   int num_splits;          // splits in the grid (1 = no split)
   int n_blocks_per_split;  // key blocks per split
   bool pack_gqa;
-  bool decode;       // run the decode tile
+  TileKind tile;     // the tile that runs
   bool use_combine;  // partial outputs + combine kernel (always when deterministic)
 };
 
@@ -55,12 +63,18 @@ inline Plan plan_forward(const PlanInputs& in) {
   // Packing the heads of a KV group into the rows of one tile reads each K/V block once per
   // group instead of once per query head; it pays when the queries alone leave the tile mostly
   // empty (decode and short chunks).
-  plan.pack_gqa = in.pack_gqa >= 0 ? in.pack_gqa == 1 : (group > 1 && in.max_seqlen_q < in.block_m);
+  plan.pack_gqa = in.pack_gqa >= 0 ? in.pack_gqa == 1 : (group > 1 && in.max_seqlen_q < in.prefill.block_m);
   const int rows = in.max_seqlen_q * (plan.pack_gqa ? group : 1);
-  // Few rows per tile: the decode tile wastes no MMA work on empty rows and streams K/V deeper.
-  plan.decode = rows <= in.decode_block_m;
-  const int block_m = plan.decode ? in.decode_block_m : in.block_m;
-  const int block_n = plan.decode ? in.decode_block_n : in.block_n;
+  // The smallest tile that holds the rows: few rows are memory-bound, and a tile sized to them
+  // wastes no MMA work on empty rows and streams K/V deeper (H100, GQA 32/8 d128 x 8k, 8 query
+  // rows per head: the 128-row prefill tile reads 1.3 TB/s).
+  plan.tile = rows <= in.decode.block_m        ? TileKind::kDecode
+              : rows <= in.short_query.block_m ? TileKind::kShortQuery
+                                               : TileKind::kPrefill;
+  const TileShape shape = plan.tile == TileKind::kDecode       ? in.decode
+                          : plan.tile == TileKind::kShortQuery ? in.short_query
+                                                               : in.prefill;
+  const int block_m = shape.block_m, block_n = shape.block_n;
   const int n_blocks = std::max(ceil_div(in.max_seqlen_k, block_n), 1);
   const int64_t ctas = int64_t(in.batch) * (plan.pack_gqa ? in.num_heads_k : in.num_heads) *
                        std::max(ceil_div(rows, block_m), 1);

@@ -32,9 +32,10 @@ struct FwdKernel {
   int smem_bytes;  // dynamic shared memory per CTA
 };
 
-// The kernels of one key: a prefill tile and a 16-row decode tile.
+// The kernels of one key, one per planner TileKind: the prefill tile, a tile of a few dozen
+// rows and a 16-row decode tile (families without the small tiles leave them empty).
 struct FwdKernels {
-  FwdKernel prefill, decode;
+  FwdKernel prefill, short_query, decode;
 };
 
 // Returns nullptr when the kernels for `key` are not part of this build.

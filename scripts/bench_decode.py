@@ -4,10 +4,12 @@
     python scripts/bench_decode.py --out benchmarks/results/decode.csv
     python scripts/bench_decode.py --quick
     python scripts/bench_decode.py --heads 32/8 --batches 1,8 --seqlens 8192 --page-sizes 0,16
+    python scripts/bench_decode.py --q-len 8 --out benchmarks/results/decode_qlen8.csv   # speculative decoding
 
 Workload: bf16, d 128, heads (q/kv) 32/8 and 32/32, batch 1/8/32/128 x kv length 1k/8k/32k, unpaged
 (page_size 0) and paged with page sizes 1/16/64 (pages scattered by a random permutation).
-Bytes = K + V + q + out = 2 * (b * sk * h_kv * d * 2) + 2 * (b * h_q * d * 2) (page table not counted);
+--q-len n gives every sequence n query rows (speculative decoding); the CSV then gains a q_len column.
+Bytes = K + V + q + out = 2 * (b * sk * h_kv * d * 2) + 2 * (b * q_len * h_q * d * 2) (page table not counted);
 GB/s = bytes / median time per call, timed (triton.testing.do_bench) as replays of a CUDA graph of
 back-to-back calls, as decode is served. cuDNN runs on the unpaged cache, so its number is
 the same for every page size of a point. copy_gbps is a 2 GiB device-to-device copy (read + write
@@ -51,12 +53,13 @@ class Point:
     nheads_q: int
     nheads_kv: int
     hdim: int = HDIM
+    q_len: int = 1
 
     def kv_bytes(self) -> int:
         return 2 * self.batch * self.seqlen_k * self.nheads_kv * self.hdim * DTYPE.itemsize
 
     def q_out_bytes(self) -> int:
-        return 2 * self.batch * self.nheads_q * self.hdim * DTYPE.itemsize
+        return 2 * self.batch * self.q_len * self.nheads_q * self.hdim * DTYPE.itemsize
 
     def bytes_moved(self) -> int:
         return self.kv_bytes() + self.q_out_bytes()
@@ -126,7 +129,7 @@ def make_buffers(p: Point) -> list[Buffers]:
     """Enough copies that their total footprint exceeds ROTATE_L2_FACTOR x L2 (one if already larger)."""
     copies = max(1, math.ceil(ROTATE_L2_FACTOR * l2_bytes() / p.bytes_moved()))
     kv_shape = (p.batch, p.seqlen_k, p.nheads_kv, p.hdim)
-    q_shape = (p.batch, 1, p.nheads_q, p.hdim)
+    q_shape = (p.batch, p.q_len, p.nheads_q, p.hdim)
     return [
         Buffers(
             q=torch.randn(q_shape, device="cuda", dtype=DTYPE),
@@ -169,7 +172,8 @@ def measure_cudnn(p: Point, bufs: list[Buffers]) -> float | None:
     GQA goes through enable_gqa=True: torch's can_use_cudnn_attention checks dense inputs with
     check_batch_size_and_num_heads_dense<supports_gqa=true, ...>, so cuDNN takes hkv < hq natively
     and k/v are not expanded. is_causal=False: SDPA's is_causal is top-left aligned (the one query
-    would see only key 0), while a bottom-right causal mask with q_len 1 masks nothing.
+    would see only key 0), while a bottom-right causal mask with q_len 1 masks nothing (with
+    q_len n it masks n - 1 of sk keys for some rows: the same bytes, a negligible share of FLOPs).
     """
     gqa = p.nheads_q != p.nheads_kv
     calls = [partial(F.scaled_dot_product_attention, *(x.transpose(1, 2) for x in (buf.q, buf.k, buf.v)),
@@ -188,8 +192,9 @@ def measure_cudnn(p: Point, bufs: list[Buffers]) -> float | None:
 def csv_row(p: Point, page_size: int, ours: float, cudnn: float | None, copy: float, device: str,
             date: str) -> list[object]:
     cudnn_s = "" if cudnn is None else f"{cudnn:.1f}"
-    return [DTYPE_NAME, p.batch, p.seqlen_k, p.nheads_q, p.nheads_kv, p.hdim, page_size,
-            f"{ours:.1f}", cudnn_s, f"{copy:.1f}", f"{ours / copy:.3f}", device, date]
+    row = [DTYPE_NAME, p.batch, p.seqlen_k, p.nheads_q, p.nheads_kv, p.hdim, page_size,
+           f"{ours:.1f}", cudnn_s, f"{copy:.1f}", f"{ours / copy:.3f}", device, date]
+    return row + [p.q_len] if p.q_len != 1 else row
 
 
 def run_point(fa3, p: Point, page_sizes: list[int], copy: float, device: str, date: str) -> list[list[object]]:
@@ -232,6 +237,7 @@ def main() -> int:
     parser.add_argument("--batches", help=f"default {DEFAULTS['batches']}")
     parser.add_argument("--seqlens", help=f"kv lengths (default {DEFAULTS['seqlens']})")
     parser.add_argument("--page-sizes", help=f"0 = unpaged (default {DEFAULTS['page_sizes']})")
+    parser.add_argument("--q-len", type=int, default=1, help="query rows per sequence (default 1)")
     parser.add_argument("--budget-gib", type=float, default=40.0,
                         help="skip points whose K+V exceed this many GiB (default 40)")
     args = parser.parse_args()
@@ -244,14 +250,15 @@ def main() -> int:
           f"L2 {l2_bytes() >> 20} MiB", file=sys.stderr, flush=True)
     copy = copy_gbps()
     print(f"# copy {copy:.1f} GB/s (read + write of {COPY_BYTES >> 30} GiB)", file=sys.stderr, flush=True)
-    print(COLUMNS, flush=True)
+    columns = COLUMNS + (",q_len" if args.q_len != 1 else "")
+    print(columns, flush=True)
     budget = int(args.budget_gib * (1 << 30))
     page_sizes = parse_ints(grid["page_sizes"])
     rows = []
     for hq, hkv in parse_heads(grid["heads"]):
         for batch in parse_ints(grid["batches"]):
             for seqlen_k in parse_ints(grid["seqlens"]):
-                p = Point(batch, seqlen_k, hq, hkv)
+                p = Point(batch, seqlen_k, hq, hkv, q_len=args.q_len)
                 if p.kv_bytes() > budget:
                     print(f"# skip {p.label()}: K+V {p.kv_bytes() / (1 << 30):.1f} GiB > budget "
                           f"{args.budget_gib:g} GiB", file=sys.stderr, flush=True)
@@ -261,7 +268,7 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(COLUMNS.split(","))
+            writer.writerow(columns.split(","))
             writer.writerows(rows)
     return 0
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Representative KV-cache calls of the portable family (decode tile with swizzled and padded
-shared-memory rows, split-KV with the combine kernel, paged caches of 1 and 16 keys, in-place
+"""Representative KV-cache calls of the portable family (decode and short-query tiles with
+swizzled and padded shared-memory rows, split-KV with the combine kernel, paged caches of 1 and 16 keys, in-place
 append with rotary, absorbed-MLA qv, deterministic splits) for running under compute-sanitizer,
 without the reference (whose host code the tools slow down):
 
@@ -32,6 +32,8 @@ def main() -> None:
     for d, num_splits in ((128, 0), (128, 5), (96, 0), (64, 1)):  # d96 keeps padded rows
         q, k, v = randn(3, 1, 8, d), randn(3, 800, 2, d), randn(3, 800, 2, d)
         fa3.flash_attn_with_kvcache(q, k, v, cache_seqlens=seqlens, causal=True, num_splits=num_splits)
+    q = randn(3, 8, 8, 128)  # 8 queries x 4 heads per kv head: the short-query tile
+    fa3.flash_attn_with_kvcache(q, randn(3, 800, 2, 128), randn(3, 800, 2, 128), cache_seqlens=seqlens, causal=True)
     for page_size in (1, 16):
         pages = 3 * 800 // page_size
         k, v = randn(pages, page_size, 2, 128), randn(pages, page_size, 2, 128)

@@ -269,7 +269,8 @@ ALL_PAIRS = [(64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128),
 @pytest.mark.parametrize("num_splits", [1, 3, 0])
 @pytest.mark.parametrize("sq", [1, 7, 40])
 def test_every_head_dim_pair_on_a_paged_cache(fa3, dtype, dims, num_splits, sq):
-    """Each (d, dv) instantiation, decode and prefill tiles, split or not, through a page table."""
+    """Each (d, dv) instantiation, decode (sq 1), short-query (sq 7: 28 packed rows) and prefill tiles,
+    split or not, through a page table."""
     torch.manual_seed(hash((dims, num_splits, sq)) % 2**31)
     d, dv = dims
     absorbed_mla = d == 64 and dv >= 256  # one latent kv head shared by every query head

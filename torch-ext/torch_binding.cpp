@@ -94,6 +94,8 @@ sgl_fa3::DType dtype_code(ScalarType t) {
   return t == ScalarType::Half ? sgl_fa3::DType::kFloat16 : sgl_fa3::DType::kBFloat16;
 }
 
+sgl_fa3::TileShape tile_shape(const sgl_fa3::FwdKernel& kernel) { return {kernel.block_m, kernel.block_n}; }
+
 const sgl_fa3::FwdKernels& kernels_for(sgl_fa3::DType dtype, int64_t d, int64_t dv) {
   const sgl_fa3::FwdKernels* kernel =
       sgl_fa3::find_fwd({sgl_fa3::Family::kPortable, dtype, int(d), int(dv)});
@@ -272,7 +274,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
       (paged ? page_table->size(1) * p.page_size : packed_k ? max_seqlen_k : k.size(1)) + seqlen_k_new;
   sgl_fa3::Plan plan = sgl_fa3::plan_forward(
       {int(batch), int(seqlen_q), int(std::min<int64_t>(keys_bound, INT32_MAX)), int(num_heads), int(num_heads_k),
-       kernels.prefill.block_m, kernels.prefill.block_n, kernels.decode.block_m, kernels.decode.block_n,
+       tile_shape(kernels.prefill), tile_shape(kernels.short_query), tile_shape(kernels.decode),
        device_limits(device).num_sms, int(num_splits), int(pack_gqa), deterministic, paged});
   if (n_blocks_per_split > 0) {  // a precomputed plan (get_scheduler_metadata)
     STD_TORCH_CHECK(num_splits >= 1, "a precomputed plan needs num_splits >= 1");
@@ -281,7 +283,11 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     plan.use_combine = deterministic || num_splits > 1;
   }
   // The Hopper family runs prefill tiles without split-KV or GQA packing over dense or packed
-  // k/v (check_attn_tensor's alignment makes every tensor TMA-addressable); decode, paged k/v, qv and explicit splits / packing stay portable.
+  // k/v (check_attn_tensor's alignment makes every tensor TMA-addressable). Decode and GQA-packed
+  // short queries (memory-bound: the portable few-row tiles read each K/V block once per KV head),
+  // paged k/v, qv and explicit splits / packing stay portable.
+  const bool few_rows = plan.tile == sgl_fa3::TileKind::kDecode ||
+                        (plan.tile == sgl_fa3::TileKind::kShortQuery && plan.pack_gqa);
   const BackendRequest request = backend_request();
   const sgl_fa3::FwdKernels* sm90 =
       device_limits(device).major == 9 ? sgl_fa3::find_fwd({sgl_fa3::Family::kSm90, code, int(head_dim), int(head_dim_v)})
@@ -289,7 +295,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   const char* sm90_blocker = sm90 == nullptr                     ? "no Hopper kernel for this GPU / head dims"
                              : paged                             ? "paged k/v"
                              : qv.has_value()                    ? "qv"
-                             : plan.decode                       ? "a decode-sized query"
+                             : few_rows                          ? "a decode-sized query (few rows per KV head)"
                              : num_splits > 1                    ? "split-KV (num_splits > 1)"
                              : pack_gqa == 1                     ? "pack_gqa=True"
                                                                  : nullptr;
@@ -310,7 +316,9 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     check_launch(sm90->prefill.launch(p, stream), "attention kernel launch");
     return;
   }
-  const sgl_fa3::FwdKernel& kernel = plan.decode ? kernels.decode : kernels.prefill;
+  const sgl_fa3::FwdKernel& kernel = plan.tile == sgl_fa3::TileKind::kDecode       ? kernels.decode
+                                     : plan.tile == sgl_fa3::TileKind::kShortQuery ? kernels.short_query
+                                                                                   : kernels.prefill;
   const int smem_limit = device_limits(device).smem_per_block;
   STD_TORCH_CHECK(kernel.smem_bytes <= smem_limit, "head dim ", head_dim, " / v head dim ", head_dim_v, " needs ",
                   kernel.smem_bytes / 1024, " KB of shared memory per block; this GPU allows ", smem_limit / 1024,
@@ -438,8 +446,8 @@ void plan(Tensor out, int64_t batch, int64_t max_seqlen_q, int64_t max_seqlen_k,
   STD_TORCH_CHECK(num_heads_k > 0 && num_heads % num_heads_k == 0, "num_heads must be a multiple of num_heads_k");
   const sgl_fa3::FwdKernels& kernels = kernels_for(sgl_fa3::DType(dtype), head_dim, head_dim_v);
   const sgl_fa3::Plan result = sgl_fa3::plan_forward(
-      {int(batch), int(max_seqlen_q), int(max_seqlen_k), int(num_heads), int(num_heads_k), kernels.prefill.block_m,
-       kernels.prefill.block_n, kernels.decode.block_m, kernels.decode.block_n, device_limits(int(device)).num_sms,
+      {int(batch), int(max_seqlen_q), int(max_seqlen_k), int(num_heads), int(num_heads_k), tile_shape(kernels.prefill),
+       tile_shape(kernels.short_query), tile_shape(kernels.decode), device_limits(int(device)).num_sms,
        int(num_splits), int(pack_gqa), deterministic, paged});
   int* values = static_cast<int*>(out.data_ptr());
   values[0] = result.num_splits;

@@ -1,6 +1,8 @@
 // Launch of the portable forward kernel: the tile table and one launcher per instantiation.
 #pragma once
 
+#include <type_traits>
+
 #include "../registry.h"
 #include "fwd_kernel.cuh"
 
@@ -47,7 +49,23 @@ struct DecodeTile {
   static constexpr bool kQInRegs = kD <= 128;
   static constexpr bool kSwizzle = true;  // memory-bound: whole 128-byte segments per cp.async
 };
+
+// Short queries (17-64 rows after GQA packing: speculative decoding, large GQA groups, short
+// chunks): one 16-row slab per warp, four row warps, the whole key block per warp, two stages so
+// that two CTAs fit on an SM. Still memory-bound, so swizzled rows. Where the prefill tile
+// already has at most 64 rows (absorbed MLA, dv >= 256) it serves short queries too.
+template <int kD, int kDV>
+struct ShortQueryTileOwn {
+  static constexpr int kM = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1;
+  static constexpr int kN = kD + kDV >= 384 ? 32 : 64;
+  static constexpr int kStages = 2;
+  static constexpr bool kQInRegs = kD <= 128;
+  static constexpr bool kSwizzle = true;
+};
 // clang-format on
+template <int kD, int kDV>
+using ShortQueryTile =
+    std::conditional_t<(PrefillTile<kD, kDV>::kM <= 64), PrefillTile<kD, kDV>, ShortQueryTileOwn<kD, kDV>>;
 
 template <typename Element, int kD, int kDV, typename Tile>
 using TraitsFor = FwdTraits<Element, kD, kDV, Tile::kM, Tile::kN, Tile::kRowWarps, Tile::kColWarps, Tile::kKeyWarps,
@@ -82,7 +100,7 @@ constexpr DType dtype_of() {
   return std::is_same_v<Element, __half> ? DType::kFloat16 : DType::kBFloat16;
 }
 
-// Registers the prefill and decode kernels of (Element, kD, kDV) when the library loads.
+// Registers the prefill, short-query and decode kernels of (Element, kD, kDV) when the library loads.
 #define SGL_FA3_REGISTER_PORTABLE_FWD(ELEMENT, HEAD_DIM, HEAD_DIM_V)                                            \
   static const ::sgl_fa3::FwdRegistration sgl_fa3_portable_fwd_registration{                                  \
       ::sgl_fa3::KernelKey{::sgl_fa3::Family::kPortable, ::sgl_fa3::portable::dtype_of<ELEMENT>(), HEAD_DIM,   \
@@ -90,6 +108,8 @@ constexpr DType dtype_of() {
       ::sgl_fa3::FwdKernels{                                                                                  \
           ::sgl_fa3::portable::kernel_entry<ELEMENT, HEAD_DIM, HEAD_DIM_V,                                    \
                                             ::sgl_fa3::portable::PrefillTile<HEAD_DIM, HEAD_DIM_V>>(),        \
+          ::sgl_fa3::portable::kernel_entry<ELEMENT, HEAD_DIM, HEAD_DIM_V,                                    \
+                                            ::sgl_fa3::portable::ShortQueryTile<HEAD_DIM, HEAD_DIM_V>>(),     \
           ::sgl_fa3::portable::kernel_entry<ELEMENT, HEAD_DIM, HEAD_DIM_V,                                    \
                                             ::sgl_fa3::portable::DecodeTile<HEAD_DIM, HEAD_DIM_V>>()}};
 

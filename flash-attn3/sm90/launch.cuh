@@ -114,10 +114,11 @@ constexpr DType dtype_of() {
 }
 
 // Registers the Hopper prefill kernel of (ELEMENT, HEAD_DIM, HEAD_DIM_V) when the library loads
-// (this family has no separate decode tile: decode runs on the portable family).
+// (this family has no few-row tiles: decode and short queries run on the portable family).
 #define SGL_FA3_REGISTER_SM90_FWD(ELEMENT, HEAD_DIM, HEAD_DIM_V)                                                  \
   static const ::sgl_fa3::FwdRegistration sgl_fa3_sm90_fwd_registration{                                        \
       ::sgl_fa3::KernelKey{::sgl_fa3::Family::kSm90, ::sgl_fa3::sm90::dtype_of<ELEMENT>(), HEAD_DIM, HEAD_DIM_V}, \
-      ::sgl_fa3::FwdKernels{::sgl_fa3::sm90::kernel_entry<ELEMENT, HEAD_DIM, HEAD_DIM_V>(), ::sgl_fa3::FwdKernel{}}};
+      ::sgl_fa3::FwdKernels{::sgl_fa3::sm90::kernel_entry<ELEMENT, HEAD_DIM, HEAD_DIM_V>(), ::sgl_fa3::FwdKernel{},  \
+                            ::sgl_fa3::FwdKernel{}}};
 
 }  // namespace sgl_fa3::sm90
