@@ -5,6 +5,8 @@
 
 #include <cuda_runtime.h>
 
+#include <mutex>
+
 #include "params.h"
 
 namespace sgl_fa3 {
@@ -37,6 +39,23 @@ struct FwdKernel {
 struct FwdKernels {
   FwdKernel prefill, short_query, decode;
 };
+
+// Opts kKernel in to kSmemBytes of dynamic shared memory on the current device: once per
+// device and kernel, not per launch (the setting never changes while the process runs).
+template <auto kKernel, int kSmemBytes>
+cudaError_t opt_in_shared_memory() {
+  constexpr int kMaxDevices = 64;
+  static std::once_flag once[kMaxDevices];
+  static cudaError_t status[kMaxDevices];
+  int device = 0;
+  const cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
+  std::call_once(once[device], [device] {
+    status[device] = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  });
+  return status[device];
+}
 
 // Returns nullptr when the kernels for `key` are not part of this build.
 const FwdKernels* find_fwd(const KernelKey& key);

@@ -73,11 +73,9 @@ using TraitsFor = FwdTraits<Element, kD, kDV, Tile::kM, Tile::kN, Tile::kRowWarp
 
 template <typename Traits>
 cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
-  auto* kernel = &fwd_kernel<Traits>;
   constexpr int kSmem = Traits::kSmemBytes;
-  if constexpr (kSmem > 48 * 1024) {
-    // Opt in to more than the default 48 KB of dynamic shared memory.
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if constexpr (kSmem > 48 * 1024) {  // more than the default 48 KB of dynamic shared memory
+    const cudaError_t err = opt_in_shared_memory<&fwd_kernel<Traits>, kSmem>();
     if (err != cudaSuccess) return err;
   }
   const int rows_per_query = params.pack_gqa ? params.num_heads / params.num_heads_k : 1;
@@ -85,7 +83,7 @@ cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
   const dim3 grid(unsigned(m_blocks * params.num_splits), params.pack_gqa ? params.num_heads_k : params.num_heads,
                   params.batch);
   if (grid.x == 0 || grid.z == 0) return cudaSuccess;
-  kernel<<<grid, Traits::kNThreads, kSmem, stream>>>(params);
+  fwd_kernel<Traits><<<grid, Traits::kNThreads, kSmem, stream>>>(params);
   return cudaGetLastError();
 }
 

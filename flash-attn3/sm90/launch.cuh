@@ -4,7 +4,6 @@
 
 #include "../registry.h"
 #include <algorithm>
-#include <mutex>
 
 #include "fwd_kernel.cuh"
 #include "scheduler.cuh"
@@ -38,24 +37,6 @@ using TraitsFor = Traits<CudaElement, kD, kDV, Tile<kD, kDV>::kM, Tile<kD, kDV>:
 // A TMA box cannot have a zero stride; a mode of extent 1 never moves, so any aligned stride does.
 inline int64_t tma_stride(int extent, int64_t stride, int64_t fallback) { return extent == 1 ? fallback : stride; }
 
-// The kernel's shared-memory opt-in: once per device and instantiation, not per call (it never
-// changes while the process runs).
-template <class Traits>
-cudaError_t opt_in_shared_memory() {
-  constexpr int kMaxDevices = 64;
-  static std::once_flag once[kMaxDevices];
-  static cudaError_t status[kMaxDevices];
-  int device = 0;
-  const cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
-  std::call_once(once[device], [device] {
-    status[device] = cudaFuncSetAttribute(&fwd_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          Traits::kSmemBytes);
-  });
-  return status[device];
-}
-
 template <class Traits>
 cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
   using Element = typename Traits::Element;
@@ -87,7 +68,7 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                              take<0, 2>(typename Traits::SmemLayoutV{}),
                              Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{});
 
-  const cudaError_t err = opt_in_shared_memory<Traits>();
+  const cudaError_t err = opt_in_shared_memory<&fwd_kernel<Traits>, Traits::kSmemBytes>();
   if (err != cudaSuccess) return err;
   const int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   const int64_t tiles = m_blocks * p.num_heads * p.batch;
