@@ -7,7 +7,8 @@ import itertools
 
 import pytest
 import torch
-from tolerance import assert_within_tolerance, poisoned_like
+from caches import paged_cache
+from tolerance import check_against_ref, poisoned_like
 
 pytestmark = pytest.mark.gpu
 
@@ -28,25 +29,7 @@ def cu_seqlens(lengths):
 
 
 def check(fa3, name, out, lse, q, k, v, factor=2.0, **ref_kwargs):
-    ref = fa3.attention_ref(q, k, v, **ref_kwargs)
-    low = fa3.attention_ref(q, k, v, upcast=False, **ref_kwargs)
-    assert_within_tolerance(f"{name} out", out, ref.out, low.out, factor)
-    assert_within_tolerance(f"{name} lse", lse, ref.lse, low.lse, factor)
-    return ref
-
-
-def paged_cache(lengths, page_size, h_k, d, dv, dtype, extra_pages=3):
-    """A shuffled page pool holding `lengths` keys per row, and a page table with free row stride."""
-    pages_per_row = [max(1, -(-n // page_size)) for n in lengths]
-    max_pages = max(pages_per_row) + 1
-    num_pages = sum(pages_per_row) + extra_pages
-    perm = torch.randperm(num_pages, device="cuda").to(torch.int32)
-    table = torch.zeros(len(lengths), max_pages + 5, dtype=torch.int32, device="cuda")[:, :max_pages]  # strided rows
-    start = 0
-    for b, n in enumerate(pages_per_row):
-        table[b, :n] = perm[start : start + n]
-        start += n
-    return randn(num_pages, page_size, h_k, d, dtype=dtype), randn(num_pages, page_size, h_k, dv, dtype=dtype), table
+    return check_against_ref(fa3, name, out, lse, ref_kwargs, q, k, v, factor)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

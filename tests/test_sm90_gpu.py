@@ -10,6 +10,7 @@ import itertools
 
 import pytest
 import torch
+from caches import paged_cache
 from tolerance import check_against_ref, poisoned_like
 
 pytestmark = [
@@ -39,7 +40,7 @@ def randn(*shape, dtype):
 
 
 def check(fa3, name, out, lse, q, k, v, factor=2.0, **ref_kwargs):
-    check_against_ref(fa3, name, out, lse, ref_kwargs, q, k, v, factor)
+    return check_against_ref(fa3, name, out, lse, ref_kwargs, q, k, v, factor)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -170,6 +171,61 @@ def test_varlen_many_sequences(fa3, causal):
         q, k, v, cu_q, cu_k, max(lq), max(lk), causal=causal, return_softmax_lse=True, out=out
     )
     check(fa3, "many", got, lse, q, k, v, causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+
+
+def ints(values):
+    return torch.tensor(values, dtype=torch.int32, device="cuda")
+
+
+# Page sizes that split key blocks into single rows, into several pages, or that span blocks.
+PAGE_SIZES = [1, 4, 16, 64, 256]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dims", PAIRS, ids=[f"d{d}-{dv}" for d, dv in PAIRS])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("page_size", PAGE_SIZES)
+def test_paged_extend(fa3, dtype, dims, causal, page_size):
+    """An extend step as SGLang issues it: ragged queries over a shuffled page pool (keys gathered
+    through the page table), with a one-query row and a row without keys."""
+    torch.manual_seed(hash((str(dtype), dims, causal, page_size)) % 2**31)
+    (d, dv), h, h_k = dims, 6, 2
+    lq, lk = [100, 1, 300, 17], [300, 5, 700, 0]
+    k_cache, v_cache, table = paged_cache(lk, page_size, h_k, d, dv, dtype)
+    cu_q, used_k = cu_seqlens(lq), ints(lk)
+    q = randn(sum(lq), h, d, dtype=dtype)
+    out = poisoned_like((sum(lq), h, dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_varlen_func(
+        q, k_cache, v_cache, cu_q, None, max(lq), max(lk), seqused_k=used_k, page_table=table, causal=causal,
+        return_softmax_lse=True, out=out,
+    )
+    check(fa3, f"paged{page_size}", got, lse, q, k_cache, v_cache, causal=causal, cu_seqlens_q=cu_q,
+          seqused_k=used_k, page_table=table)
+
+
+@pytest.mark.parametrize("page_size", [1, 16])
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_paged_append_with_rotary(fa3, page_size, interleaved):
+    """Prefill-sized appends into a paged cache (rotary on k and q), then attention over it."""
+    torch.manual_seed(page_size + interleaved)
+    b, h, h_k, d, sq, dtype = 3, 8, 2, 128, 200, torch.bfloat16
+    cache_lens = [0, 37, 300]
+    k_cache, v_cache, table = paged_cache([n + sq for n in cache_lens], page_size, h_k, d, d, dtype)
+    k0, v0 = k_cache.clone(), v_cache.clone()
+    k_new, v_new = randn(b, sq, h_k, d, dtype=dtype), randn(b, sq, h_k, d, dtype=dtype)
+    angles = torch.rand(1024, 32, device="cuda") * 6.28  # rotary_dim 64 of 128
+    rotary = dict(rotary_cos=angles.cos().to(dtype), rotary_sin=angles.sin().to(dtype), rotary_interleaved=interleaved)
+    seqlens = ints(cache_lens)
+    q = randn(b, sq, h, d, dtype=dtype)
+    out = poisoned_like((b, sq, h, d), dtype, "cuda")
+    got, lse = fa3.flash_attn_with_kvcache(
+        q, k_cache, v_cache, k_new, v_new, cache_seqlens=seqlens, page_table=table, causal=True,
+        return_softmax_lse=True, out=out, **rotary,
+    )
+    ref = check(fa3, "paged append", got, lse, q, k0, v0, seqused_k=seqlens, page_table=table, k_new=k_new,
+                v_new=v_new, causal=True, **rotary)
+    torch.testing.assert_close(k_cache, ref.k_cache, rtol=2**-7, atol=1e-3)
+    torch.testing.assert_close(v_cache, ref.v_cache, rtol=0, atol=0)
 
 
 def test_strided_views(fa3):

@@ -34,9 +34,11 @@ def poisoned_like(shape, dtype, device) -> torch.Tensor:
     return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
 
-def check_against_ref(fa3, name, out, lse, ref_kwargs, q, k, v, factor=2.0) -> None:
-    """O and LSE of a kernel call against attention_ref (float64) under the tolerance rule."""
+def check_against_ref(fa3, name, out, lse, ref_kwargs, q, k, v, factor=2.0):
+    """O and LSE of a kernel call against attention_ref (float64) under the tolerance rule; returns
+    the reference result (it also holds the cache after any append)."""
     ref = fa3.attention_ref(q, k, v, **ref_kwargs)
     low = fa3.attention_ref(q, k, v, upcast=False, **ref_kwargs)
     assert_within_tolerance(f"{name} out", out, ref.out, low.out, factor)
     assert_within_tolerance(f"{name} lse", lse, ref.lse, low.lse, factor)
+    return ref

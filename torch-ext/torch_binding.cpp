@@ -282,10 +282,10 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     plan.n_blocks_per_split = int(n_blocks_per_split);
     plan.use_combine = deterministic || num_splits > 1;
   }
-  // The Hopper family runs prefill tiles without split-KV or GQA packing over dense or packed
-  // k/v (check_attn_tensor's alignment makes every tensor TMA-addressable). Decode and GQA-packed
-  // short queries (memory-bound: the portable few-row tiles read each K/V block once per KV head),
-  // paged k/v, qv and explicit splits / packing stay portable.
+  // The Hopper family runs prefill tiles without split-KV or GQA packing over dense, packed or
+  // paged k/v (check_attn_tensor's alignment makes every tensor TMA-addressable; paged rows are
+  // gathered). Decode and GQA-packed short queries (memory-bound: the portable few-row tiles read
+  // each K/V block once per KV head), qv and explicit splits / packing stay portable.
   const bool few_rows = plan.tile == sgl_fa3::TileKind::kDecode ||
                         (plan.tile == sgl_fa3::TileKind::kShortQuery && plan.pack_gqa);
   const BackendRequest request = backend_request();
@@ -293,7 +293,6 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
       device_limits(device).major == 9 ? sgl_fa3::find_fwd({sgl_fa3::Family::kSm90, code, int(head_dim), int(head_dim_v)})
                                        : nullptr;
   const char* sm90_blocker = sm90 == nullptr                     ? "no Hopper kernel for this GPU / head dims"
-                             : paged                             ? "paged k/v"
                              : qv.has_value()                    ? "qv"
                              : few_rows                          ? "a decode-sized query (few rows per KV head)"
                              : num_splits > 1                    ? "split-KV (num_splits > 1)"

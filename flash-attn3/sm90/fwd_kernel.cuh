@@ -4,7 +4,7 @@
 // (scheduler.cuh: drawn from a global counter). Warp group 0 produces: after giving up registers, one warp
 // issues the TMA loads of Q (kQStages buffers) and of the K/V blocks (kStages-deep) into
 // mbarrier pipelines, running ahead into the next tile while the consumers finish the current
-// one. Warp groups 1..G consume: each takes 64 query rows of the tile, runs the main loop
+// one. With paged k/v the whole warp group stays and gathers the K/V rows with cp.async. Warp groups 1..G consume: each takes 64 query rows of the tile, runs the main loop
 // (mainloop.cuh) with the registers the producer gave up, then the epilogue (epilogue.cuh).
 // Tiles whose rows see no key skip the pipelines: the consumers write their empty rows directly.
 // The producer draws each next tile and hands its index to the consumers through shared memory.
@@ -30,14 +30,16 @@ struct KernelArgs {
   TileScheduler scheduler;
 };
 
-// Every pipeline: thread 0 (the producer warp's lane 0) arms the barriers, all consumer threads
-// release.
+// A pipeline filled by TMA: thread 0 (the producer warp's lane 0) arms its barriers with the
+// transaction bytes. One filled by cp.async (paged K/V): no thread arms it, each of the 128
+// producer threads arrives once its copies have landed. All consumer threads release.
 template <class Pipeline, class Traits>
-__device__ typename Pipeline::Params pipeline_params(Role role, uint32_t transaction_bytes) {
+__device__ typename Pipeline::Params pipeline_params(Role role, uint32_t transaction_bytes, bool cp_async = false) {
   typename Pipeline::Params params;
   params.role = role == Role::kProducer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-  params.is_leader = threadIdx.x == 0;
+  params.is_leader = threadIdx.x == 0 && !cp_async;
   params.num_consumers = Traits::kConsumerThreads;
+  params.num_producers = cp_async ? kProducerThreads : 1;
   params.transaction_bytes = transaction_bytes;
   return params;
 }
@@ -51,15 +53,18 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
   auto& smem = *reinterpret_cast<typename Traits::SharedStorage*>(smem_buf);
   const FwdParams& p = args.params;
 
-  const Role role = threadIdx.x < 128 ? Role::kProducer : Role::kConsumer;
+  const Role role = threadIdx.x < kProducerThreads ? Role::kProducer : Role::kConsumer;
+  // Paged k/v: key rows are gathered through the page table (cp.async by the whole producer
+  // warp group); otherwise one TMA box per block.
+  const bool gather = p.page_table != nullptr;
   if (threadIdx.x == 0) {
     smem.tile_full.init(1);
     smem.tile_empty.init(Traits::kConsumerThreads);
   }
   using QPipeline = typename Traits::QPipeline;
   QPipeline pipe_q(smem.pipe_q, pipeline_params<QPipeline, Traits>(role, Traits::kBytesQ), Shape<_1, _1, _1>{});
-  Pipeline pipe_k(smem.pipe_k, pipeline_params<Pipeline, Traits>(role, Traits::kBytesK), Shape<_1, _1, _1>{});
-  Pipeline pipe_v(smem.pipe_v, pipeline_params<Pipeline, Traits>(role, Traits::kBytesV), Shape<_1, _1, _1>{});
+  Pipeline pipe_k(smem.pipe_k, pipeline_params<Pipeline, Traits>(role, Traits::kBytesK, gather), Shape<_1, _1, _1>{});
+  Pipeline pipe_v(smem.pipe_v, pipeline_params<Pipeline, Traits>(role, Traits::kBytesV, gather), Shape<_1, _1, _1>{});
   __syncthreads();  // barriers initialised before any thread uses them
 
   const TileScheduler& scheduler = args.scheduler;
@@ -70,25 +75,35 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
   };
   if (role == Role::kProducer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    if (threadIdx.x >= 32) return;  // one warp issues every load
-    const int lane = int(threadIdx.x);
+    if (!gather && threadIdx.x >= 32) return;  // one warp issues every TMA load
+    const int thread = int(threadIdx.x);
     auto state = cutlass::make_producer_start_state<Pipeline>();
     auto q_state = cutlass::make_producer_start_state<typename Traits::QPipeline>();
     int handoffs = 0;
     for (int t = int(blockIdx.x); t < scheduler.num_tiles;) {
       const typename Loop::Work w = tile(t);
-      if (w.has_rows() && w.has_keys()) Loop::produce(p, args.tma, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, lane);
+      if (w.has_rows() && w.has_keys()) {
+        if (gather) Loop::produce_gathered(p, args.tma, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread);
+        else Loop::produce(p, args.tma, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread);
+      }
       // Draw the next tile while the consumers work on this one, and publish it to them.
       int next = 0;
-      if (lane == 0) {
+      if (thread == 0) {
         next = scheduler.next(int(gridDim.x));
         if (handoffs > 0) smem.tile_empty.wait((handoffs - 1) & 1);  // the previous index was read
         smem.next_tile = next;
         smem.tile_full.arrive();
       }
       ++handoffs;
-      t = __shfl_sync(0xffffffff, next, 0);
+      if (gather) {  // the whole warp group reads it before thread 0 may write the next one
+        cutlass::arch::NamedBarrier::sync(kProducerThreads, int(BarrierId::kProducer));
+        t = smem.next_tile;
+        cutlass::arch::NamedBarrier::sync(kProducerThreads, int(BarrierId::kProducer));
+      } else {
+        t = __shfl_sync(0xffffffff, next, 0);
+      }
     }
+    if (gather) cute::cp_async_wait<0>();  // no copy outlives its thread
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int thread_idx = int(threadIdx.x) - 128, group = thread_idx / 128;

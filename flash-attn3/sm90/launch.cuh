@@ -57,16 +57,18 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                              gmem(p.q, p.q_tensor_rows, Traits::kD, p.num_heads, p.q_tensor_batch, p.q_row_stride,
                                   p.q_head_stride, p.q_batch_stride),
                              typename Traits::SmemLayoutQ{}, Shape<Int<Traits::kBlockM>, Int<Traits::kD>>{}, _1{});
-  args.tma.k = make_tma_copy(SM90_TMA_LOAD{},
-                             gmem(p.k, p.k_tensor_rows, Traits::kD, p.num_heads_k, p.k_tensor_batch, p.k_row_stride,
-                                  p.k_head_stride, p.k_batch_stride),
-                             take<0, 2>(typename Traits::SmemLayoutK{}),
-                             Shape<Int<Traits::kBlockN>, Int<Traits::kD>>{}, _1{});
-  args.tma.v = make_tma_copy(SM90_TMA_LOAD{},
-                             gmem(p.v, p.k_tensor_rows, Traits::kDV, p.num_heads_k, p.k_tensor_batch, p.v_row_stride,
-                                  p.v_head_stride, p.v_batch_stride),
-                             take<0, 2>(typename Traits::SmemLayoutV{}),
-                             Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{});
+  if (p.page_table == nullptr) {  // paged K/V rows are gathered with cp.async (mainloop.cuh)
+    args.tma.k = make_tma_copy(SM90_TMA_LOAD{},
+                               gmem(p.k, p.k_tensor_rows, Traits::kD, p.num_heads_k, p.k_tensor_batch, p.k_row_stride,
+                                    p.k_head_stride, p.k_batch_stride),
+                               take<0, 2>(typename Traits::SmemLayoutK{}),
+                               Shape<Int<Traits::kBlockN>, Int<Traits::kD>>{}, _1{});
+    args.tma.v = make_tma_copy(SM90_TMA_LOAD{},
+                               gmem(p.v, p.k_tensor_rows, Traits::kDV, p.num_heads_k, p.k_tensor_batch, p.v_row_stride,
+                                    p.v_head_stride, p.v_batch_stride),
+                               take<0, 2>(typename Traits::SmemLayoutV{}),
+                               Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{});
+  }
 
   const cudaError_t err = opt_in_shared_memory<&fwd_kernel<Traits>, Traits::kSmemBytes>();
   if (err != cudaSuccess) return err;

@@ -112,20 +112,32 @@ struct Mainloop {
     return smem.q.data() + q_state.index() * Traits::kQElems;
   }
 
+  // The tile's Q into the next Q buffer (TMA, issued by thread 0; every caller acquires).
+  static __device__ void load_q(const FwdParams& p, const TmaDescriptors<Traits>& tma,
+                                typename Traits::SharedStorage& smem, const Work& w, QPipeline& pipe_q,
+                                QState& q_state, int thread) {
+    Tensor mQ = tma.q.get_tma_tensor(make_shape(p.q_tensor_rows, int(kD), p.num_heads, p.q_tensor_batch));
+    const int q_batch = p.cu_seqlens_q ? 0 : w.batch;
+    // (kBlockM, kD) tile of Q.
+    Tensor gQ = local_tile(domain_offset(make_coord(w.seq.q_start, _0{}), mQ(_, _, w.head, q_batch)),
+                           Shape<Int<kBlockM>, Int<kD>>{}, make_coord(w.m_block, _0{}));
+    pipe_q.producer_acquire(q_state);
+    Tensor sQ = make_tensor(make_smem_ptr(q_buffer(smem, q_state)), typename Traits::SmemLayoutQ{});
+    auto part_q = tma_partition(tma.q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+    if (thread == 0) copy(tma.q.with(*pipe_q.producer_get_barrier(q_state), 0), get<0>(part_q), get<1>(part_q));
+    ++q_state;
+  }
+
   // Run by the 32 lanes of the producer warp for each tile with keys; lane 0 issues the copies.
   static __device__ void produce(const FwdParams& p, const TmaDescriptors<Traits>& tma,
                                  typename Traits::SharedStorage& smem, const Work& w, QPipeline& pipe_q,
                                  QState& q_state, Pipeline& pipe_k, Pipeline& pipe_v, PipelineState& state,
                                  int lane) {
     const auto gmem_shape = [](int rows, int dim, int heads, int batch) { return make_shape(rows, dim, heads, batch); };
-    Tensor mQ = tma.q.get_tma_tensor(gmem_shape(p.q_tensor_rows, kD, p.num_heads, p.q_tensor_batch));
     Tensor mK = tma.k.get_tma_tensor(gmem_shape(p.k_tensor_rows, kD, p.num_heads_k, p.k_tensor_batch));
     Tensor mV = tma.v.get_tma_tensor(gmem_shape(p.k_tensor_rows, kDV, p.num_heads_k, p.k_tensor_batch));
-    const int q_batch = p.cu_seqlens_q ? 0 : w.batch;
     const int kv_batch = p.cu_seqlens_k ? 0 : w.seq.b_kv;
-    // (kBlockM, kD) tile of Q; (kBlockN, kD|kDV, n) blocks of K and V.
-    Tensor gQ = local_tile(domain_offset(make_coord(w.seq.q_start, _0{}), mQ(_, _, w.head, q_batch)),
-                           Shape<Int<kBlockM>, Int<kD>>{}, make_coord(w.m_block, _0{}));
+    // (kBlockN, kD|kDV, n) blocks of K and V.
     Tensor gK = local_tile(domain_offset(make_coord(w.seq.k_start, _0{}), mK(_, _, w.head_kv, kv_batch)),
                            Shape<Int<kBlockN>, Int<kD>>{}, make_coord(_, _0{}));
     Tensor gV = local_tile(domain_offset(make_coord(w.seq.k_start, _0{}), mV(_, _, w.head_kv, kv_batch)),
@@ -146,21 +158,147 @@ struct Mainloop {
       if (lane == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(state), 0), tVg(_, n), tVs(_, state.index()));
       ++state;
     };
-    auto load_q = [&] {
-      pipe_q.producer_acquire(q_state);
-      Tensor sQ = make_tensor(make_smem_ptr(q_buffer(smem, q_state)), typename Traits::SmemLayoutQ{});
-      auto part_q = tma_partition(tma.q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
-      if (lane == 0) copy(tma.q.with(*pipe_q.producer_get_barrier(q_state), 0), get<0>(part_q), get<1>(part_q));
-      ++q_state;
-    };
     // With two Q buffers Q goes first (its buffer was freed a tile ago). With one, the first
     // K/V block streams in while the consumers finish the previous tile, and Q waits until they
     // no longer read the previous Q (nor, when O lives in Q's bytes, the previous O).
     int n = w.n_block_max - 1;
-    if constexpr (Traits::kQStages > 1) load_q();
+    if constexpr (Traits::kQStages > 1) load_q(p, tma, smem, w, pipe_q, q_state, lane);
     load_kv(n);
-    if constexpr (Traits::kQStages == 1) load_q();
+    if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, lane);
     for (--n; n >= w.n_block_min; --n) load_kv(n);
+  }
+
+  // Paged k/v: key j of the tile's batch row is row j % page_size of page page_table[j /
+  // page_size], so a block's rows are scattered and no TMA box spans them. The 128 producer
+  // threads gather each block with 16-byte cp.async copies instead, and each thread arrives on
+  // the stage's full barrier when its copies land (the pipelines expect kProducerThreads
+  // arrivals). Q still arrives by TMA from thread 0.
+  //
+  // Rows go in groups of 8: warp w copies groups w, w + 4, ...; lane l copies row 8 g + l % 8,
+  // 16-byte chunks 4 c + l / 8 (c = 0 .. cols / 32 - 1), so a warp access is 8 rows x 64
+  // contiguous bytes (4 shared-memory wavefronts, the minimum for 512 bytes). The swizzle of the
+  // K-major atoms repeats every 8 rows, so all of a thread's destinations are one of two
+  // per-thread bases plus constants, and each copy is a single cp.async with immediate offsets
+  // (the producer runs on 24 registers). Rows past the last key are zero-filled without a
+  // page-table read. Paged rows start at slot 0 (the binding refuses left padding with pages).
+  static constexpr int kRowGroups = kBlockN / 8;
+  static constexpr int kGroupsPerWarp = (kRowGroups + 3) / 4;
+  static_assert(kBlockN % 8 == 0, "key blocks are whole groups of 8 rows");
+
+  // f(Int<i>{}) for each i of the sequence (an unrolled loop with a compile-time index).
+  template <class F, int... kIndex>
+  static __device__ __forceinline__ void each_index(std::integer_sequence<int, kIndex...>, F&& f) {
+    (f(Int<kIndex>{}), ...);
+  }
+
+  // One 16-byte cp.async at [dst + kDstBytes] <- [src + kSrcBytes]; src_size 0 writes zeros.
+  template <int kSrcBytes, int kDstBytes>
+  static __device__ __forceinline__ void copy16(uint32_t dst, const Element* src, int src_size) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0+%3], [%1+%4], 16, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(src_size), "n"(kDstBytes), "n"(kSrcBytes));
+  }
+
+  // This thread's source rows of block n of one paged tensor: row 8 g + lane % 8 of each of its
+  // row groups g, at the lane's first chunk (nullptr past the last key). Found before waiting
+  // for the stage, so the page-table loads (all issued together) overlap the wait.
+  struct SourceRows {
+    const Element* src[kGroupsPerWarp];
+  };
+  static __device__ SourceRows find_rows(const FwdParams& p, const Element* base, int64_t batch_stride,
+                                         int64_t row_stride, const int* pages, int seqlen_k, int n, int warp,
+                                         int lane) {
+    const int page_size = p.page_size;
+    const bool pow2 = (page_size & (page_size - 1)) == 0;  // page sizes are powers of two in practice
+    const int shift = __ffs(page_size) - 1;
+    SourceRows rows;
+#pragma unroll
+    for (int j = 0; j < kGroupsPerWarp; ++j) {
+      const int g = warp + 4 * j, key = n * kBlockN + 8 * g + lane % 8;
+      const bool valid = (kRowGroups % 4 == 0 || g < kRowGroups) && key < seqlen_k;
+      const int slot = valid ? key : 0;  // slot 0 keeps the (unused) page-table load in bounds
+      const int page_index = pow2 ? slot >> shift : slot / page_size;
+      const int64_t row = pow2 ? slot & (page_size - 1) : slot - page_index * page_size;
+      const int64_t page = pages[page_index];
+      rows.src[j] = valid ? base + page * batch_stride + row * row_stride + lane / 8 * 8 : nullptr;
+    }
+    return rows;
+  }
+
+  // Copies the rows into the stage tile at shared address s_tile (kCols columns).
+  template <int kCols>
+  static __device__ void copy_rows(const SourceRows& rows, const Element* base, uint32_t s_tile, int warp,
+                                   int lane) {
+    using Atom = decltype(k_major_atom<Element, kCols>());
+    constexpr int kAtomCols = decltype(size<1>(Atom{}))::value;  // 64: 128-byte swizzle, 32: 64-byte
+    static_assert((kAtomCols == 64 || kAtomCols == 32) && kCols % 32 == 0,
+                  "gathered tiles: 128- or 64-byte swizzled rows, whole 64-byte chunk groups");
+    constexpr int kAtomChunks = kAtomCols / 8;
+    const int r = lane % 8, q = lane / 8;
+    // The atom XORs the 16-byte chunk index within its row by r (128-byte) or (r / 2) % 4 (64-byte).
+    const int t = q ^ (kAtomCols == 64 ? r : (r >> 1) & 3);
+    // Byte offsets within the stage of (row r, chunk 4 c + q) for even / odd c within an atom row.
+    const uint32_t dst_even = s_tile + 2 * (r * kAtomCols + t * 8);
+    const uint32_t dst_odd = s_tile + 2 * (r * kAtomCols + (t ^ 4) * 8);
+#pragma unroll
+    for (int j = 0; j < kGroupsPerWarp; ++j) {
+      const int g = warp + 4 * j;
+      if (kRowGroups % 4 != 0 && g >= kRowGroups) break;
+      const Element* src = rows.src[j] ? rows.src[j] : base;
+      const int src_size = rows.src[j] ? 16 : 0;
+      // (kBlockN, kAtomCols) atoms stack column block after column block.
+      each_index(std::make_integer_sequence<int, kCols / 32>{}, [&](auto c) {
+        constexpr int kFirstChunk = 4 * decltype(c)::value;
+        constexpr int kColumnBlockBytes = 2 * (kFirstChunk / kAtomChunks) * kBlockN * kAtomCols;
+        const uint32_t dst = (kFirstChunk % kAtomChunks == 0 ? dst_even : dst_odd) + g * (2 * 8 * kAtomCols);
+        copy16<2 * 8 * kFirstChunk, kColumnBlockBytes>(dst, src, src_size);
+      });
+    }
+  }
+
+  // K runs a block ahead of V, as the consumers use them (Q K_n^T next to P_{n+1} V_{n+1}): K_n
+  // is issued as soon as its stage frees, before waiting for V_{n+1}'s stage.
+  static __device__ void produce_gathered(const FwdParams& p, const TmaDescriptors<Traits>& tma,
+                                          typename Traits::SharedStorage& smem, const Work& w, QPipeline& pipe_q,
+                                          QState& q_state, Pipeline& pipe_k, Pipeline& pipe_v, PipelineState& state,
+                                          int thread) {
+    const int warp = thread / 32, lane = thread % 32;
+    const int* pages = p.page_table + int64_t(w.batch) * p.page_table_batch_stride;
+    const Element* k_base = static_cast<const Element*>(p.k) + int64_t(w.head_kv) * p.k_head_stride;
+    const Element* v_base = static_cast<const Element*>(p.v) + int64_t(w.head_kv) * p.v_head_stride;
+    const uint32_t s_k = cast_smem_ptr_to_uint(smem.k.data()), s_v = cast_smem_ptr_to_uint(smem.v.data());
+    constexpr uint32_t kStageBytesK = kBlockN * kD * sizeof(Element), kStageBytesV = kBlockN * kDV * sizeof(Element);
+    // The stage's full barrier completes once every producer thread's copies have landed.
+    const auto commit = [](Pipeline& pipe, const PipelineState& st) {
+      uint64_t* full = pipe.producer_get_barrier(st);
+      cutlass::arch::cpasync_barrier_arrive(full);
+      cutlass::arch::ClusterBarrier::arrive(full);
+    };
+    PipelineState state_v = state;
+    const auto load_k = [&](int n) {
+      const SourceRows rows = find_rows(p, k_base, p.k_batch_stride, p.k_row_stride, pages, w.seq.seqlen_k, n, warp, lane);
+      pipe_k.producer_acquire(state);
+      copy_rows<kD>(rows, k_base, s_k + state.index() * kStageBytesK, warp, lane);
+      commit(pipe_k, state);
+      ++state;
+    };
+    const auto load_v = [&](int n) {
+      const SourceRows rows = find_rows(p, v_base, p.v_batch_stride, p.v_row_stride, pages, w.seq.seqlen_k, n, warp, lane);
+      pipe_v.producer_acquire(state_v);
+      copy_rows<kDV>(rows, v_base, s_v + state_v.index() * kStageBytesV, warp, lane);
+      commit(pipe_v, state_v);
+      ++state_v;
+    };
+
+    if constexpr (Traits::kQStages > 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
+    for (int n = w.n_block_max - 1; n >= w.n_block_min; --n) {
+      load_k(n);
+      if (n == w.n_block_max - 1) {
+        if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
+      } else {
+        load_v(n + 1);
+      }
+    }
+    load_v(w.n_block_min);
   }
 
   // Runs the key blocks of the tile for this consumer thread (index among all consumer threads).
@@ -236,13 +374,21 @@ struct Mainloop {
       if (!Traits::kOInQ && n == w.n_block_min) pipe_q.consumer_release(q_state);
     };
 
+    // Paged K/V blocks were written by cp.async (the generic proxy); wgmma reads shared memory
+    // through the async proxy, so each consumer fences between the two after its wait.
+    const bool gathered = p.page_table != nullptr;
+    auto wait_kv = [&](Pipeline& pipe, const PipelineState& st) {
+      pipe.consumer_wait(st);
+      if (gathered) cutlass::arch::fence_view_async_shared();
+    };
+
     pipe_q.consumer_wait(q_state);
     PipelineState state_v = state;
     float o_scale[kRows];
     bool first_pv = true;
 
     int n = w.n_block_max - 1;
-    pipe_k.consumer_wait(state);
+    wait_kv(pipe_k, state);
     take_turn();
     wgmma(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s, true);
     pass_turn();
@@ -254,8 +400,8 @@ struct Mainloop {
     softmax.update(s_rc, o_scale);
     convert_fragment(s, pr);
     for (--n; n >= w.n_block_min; --n) {
-      pipe_k.consumer_wait(state);
-      pipe_v.consumer_wait(state_v);
+      wait_kv(pipe_k, state);
+      wait_kv(pipe_v, state_v);
       take_turn();
       wgmma(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s, true);
       // O holds nothing before the first P.V; after, rescale it by block n + 1's factor while
@@ -276,7 +422,7 @@ struct Mainloop {
       ++state_v;
       convert_fragment(s, pr);
     }
-    pipe_v.consumer_wait(state_v);
+    wait_kv(pipe_v, state_v);
     take_turn();
     if (!first_pv) rescale_o(o_scale);
     wgmma(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o, first_pv);
