@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Representative calls of the Hopper family (every tile shape class: ping-pong groups, three
-groups, O staged in Q's bytes, window, causal, varlen with empty sequences, sinks) for running
-under compute-sanitizer, without the reference (whose host code the tools slow down):
+groups, O staged in Q's bytes, window, causal, varlen with empty sequences, sinks, paged k/v
+gathered with cp.async) for running under compute-sanitizer, without the reference (whose host code the tools slow down):
 
     compute-sanitizer --tool racecheck python scripts/sanitize_sm90.py
     compute-sanitizer --tool synccheck python scripts/sanitize_sm90.py
@@ -37,6 +37,18 @@ def main() -> None:
     q, k, v = randn(sum(lq), 4, 128), randn(sum(lk), 2, 128), randn(sum(lk), 2, 128)
     sinks = torch.randn(4, device="cuda")
     fa3.flash_attn_varlen_func(q, k, v, cu_seqlens(lq), cu_seqlens(lk), max(lq), max(lk), causal=True, sinks=sinks)
+    # Paged pools (pages in reverse order) with 128- and 64-byte swizzled rows and uneven row groups.
+    for d, page_size in ((128, 1), (96, 16), (256, 64)):
+        lq, lk = [200, 17, 300], [300, 0, 517]
+        pages = [max(1, -(-n // page_size)) for n in lk]
+        table = torch.zeros(len(lk), max(pages), dtype=torch.int32, device="cuda")
+        ids = torch.arange(sum(pages), dtype=torch.int32, device="cuda").flip(0)
+        for b, first in enumerate(itertools.accumulate([0, *pages[:-1]])):
+            table[b, : pages[b]] = ids[first : first + pages[b]]
+        k_pool, v_pool = randn(sum(pages), page_size, 2, d), randn(sum(pages), page_size, 2, d)
+        fa3.flash_attn_varlen_func(randn(sum(lq), 4, d), k_pool, v_pool, cu_seqlens(lq), None, max(lq), max(lk),
+                                   seqused_k=torch.tensor(lk, dtype=torch.int32, device="cuda"), page_table=table,
+                                   causal=True)
     torch.cuda.synchronize()
     print("sanitizer calls done")
 

@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     constexpr float kLog2e = 1.4426950408889634f;
     const float score_to_log2 = (p.softcap > 0.f ? p.softcap : p.softmax_scale) * kLog2e;
     // The last group hands the first wgmma turn to group 0.
-    if (Traits::kPingPong && group == Traits::kConsumerGroups - 1)
+    if (Loop::ping_pong_for(p) && group == Traits::kConsumerGroups - 1)
       cutlass::arch::NamedBarrier::arrive(256, int(BarrierId::kScheduler));  // group 0's own + the passer
     typename Loop::PipelineState state;
     typename Loop::QState q_state;

@@ -267,11 +267,11 @@ struct Mainloop {
     const Element* v_base = static_cast<const Element*>(p.v) + int64_t(w.head_kv) * p.v_head_stride;
     const uint32_t s_k = cast_smem_ptr_to_uint(smem.k.data()), s_v = cast_smem_ptr_to_uint(smem.v.data());
     constexpr uint32_t kStageBytesK = kBlockN * kD * sizeof(Element), kStageBytesV = kBlockN * kDV * sizeof(Element);
-    // The stage's full barrier completes once every producer thread's copies have landed.
+    // The stage's full barrier completes once every producer thread's copies have landed: each
+    // thread's one arrival is triggered by the completion of its copies (noinc: it counts
+    // towards the kProducerThreads arrivals the barrier expects).
     const auto commit = [](Pipeline& pipe, const PipelineState& st) {
-      uint64_t* full = pipe.producer_get_barrier(st);
-      cutlass::arch::cpasync_barrier_arrive(full);
-      cutlass::arch::ClusterBarrier::arrive(full);
+      cutlass::arch::cpasync_barrier_arrive_noinc(pipe.producer_get_barrier(st));
     };
     PipelineState state_v = state;
     const auto load_k = [&](int n) {
@@ -300,6 +300,11 @@ struct Mainloop {
     }
     load_v(w.n_block_min);
   }
+
+  // Whether the consumer groups take turns issuing their wgmmas. Not over gathered (paged) K/V:
+  // a V stage frees only when every group has used it, and the groups' half-block offset would
+  // leave the slower cp.async gather too little time to refill it.
+  static __device__ bool ping_pong_for(const FwdParams& p) { return Traits::kPingPong && p.page_table == nullptr; }
 
   // Runs the key blocks of the tile for this consumer thread (index among all consumer threads).
   // o needs no initial value; on return it holds the unnormalised output and softmax the row
@@ -362,12 +367,12 @@ struct Mainloop {
     };
     // Ping-pong: wait for this group's turn before issuing wgmmas, pass it on after.
     const int group = thread_idx / 128;
+    const bool ping_pong = ping_pong_for(p);
     auto take_turn = [&] {
-      if constexpr (Traits::kPingPong)
-        cutlass::arch::NamedBarrier::sync(256, int(BarrierId::kScheduler) + group);
+      if (ping_pong) cutlass::arch::NamedBarrier::sync(256, int(BarrierId::kScheduler) + group);
     };
     auto pass_turn = [&] {
-      if constexpr (Traits::kPingPong)
+      if (ping_pong)
         cutlass::arch::NamedBarrier::arrive(256, int(BarrierId::kScheduler) + (group + 1) % Traits::kConsumerGroups);
     };
     auto release_q = [&](int n) {
