@@ -228,6 +228,35 @@ def test_paged_append_with_rotary(fa3, page_size, interleaved):
     torch.testing.assert_close(v_cache, ref.v_cache, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("page_size", [0, 16])
+def test_cache_slots_past_the_keys_never_leak(fa3, page_size):
+    """Cache slots past cache_seqlens hold NaN (as uninitialised memory may): they take no part
+    in the result, in the key block that straddles the end nor in the unused rest of a page."""
+    torch.manual_seed(31)
+    b, sq, h, h_k, d, dtype = 3, 200, 8, 2, 128, torch.bfloat16
+    lengths = [300, 77, 129]
+    if page_size:
+        k_cache, v_cache, table = paged_cache(lengths, page_size, h_k, d, d, dtype)
+        for row, n in enumerate(lengths):  # poison the slots of the row's own pages past its keys
+            slots = torch.arange(n, -(-n // page_size) * page_size, device="cuda")
+            pages = table[row, slots // page_size].long()
+            k_cache[pages, slots % page_size] = float("nan")
+            v_cache[pages, slots % page_size] = float("nan")
+    else:
+        table = None
+        k_cache, v_cache = randn(b, 512, h_k, d, dtype=dtype), randn(b, 512, h_k, d, dtype=dtype)
+        for row, n in enumerate(lengths):
+            k_cache[row, n:] = float("nan")
+            v_cache[row, n:] = float("nan")
+    seqlens = ints(lengths)
+    q = randn(b, sq, h, d, dtype=dtype)
+    out = poisoned_like((b, sq, h, d), dtype, "cuda")
+    got, lse = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
+                                           causal=True, return_softmax_lse=True, out=out)
+    clean_k, clean_v = torch.nan_to_num(k_cache), torch.nan_to_num(v_cache)
+    check(fa3, "past the keys", got, lse, q, clean_k, clean_v, seqused_k=seqlens, page_table=table, causal=True)
+
+
 def test_strided_views(fa3):
     """K and V as views into one fused buffer (the last dim contiguous, other strides free)."""
     torch.manual_seed(9)

@@ -387,6 +387,23 @@ struct Mainloop {
       if (gathered) cutlass::arch::fence_view_async_shared();
     };
 
+    // A TMA box fills the whole block: in the block that holds the last key, the V rows past it
+    // hold whatever the tensor has there (another sequence's keys, or cache slots never written,
+    // possibly NaN). Their P is 0, but 0 * NaN is NaN, so the consumers zero those rows before the
+    // first P.V, which reads that block (gathered blocks arrive zero-filled).
+    const int v_rows_valid = w.seq.seqlen_k - (w.n_block_max - 1) * kBlockN;
+    // Done after the first block's softmax, outside the main loop (whose registers it would cost).
+    auto zero_v_tail = [&](const PipelineState& st) {
+      if (gathered || v_rows_valid >= kBlockN) return;
+      wait_kv(pipe_v, st);
+      Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutV{});
+      constexpr int kChunks = kDV / 8;  // 16-byte chunks per row
+      for (int i = thread_idx; i < (kBlockN - v_rows_valid) * kChunks; i += Traits::kConsumerThreads)
+        *reinterpret_cast<uint4*>(&sV(v_rows_valid + i / kChunks, i % kChunks * 8, st.index())) = make_uint4(0, 0, 0, 0);
+      cutlass::arch::fence_view_async_shared();  // generic writes, read by wgmma (async proxy)
+      cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, int(BarrierId::kVTail));
+    };
+
     pipe_q.consumer_wait(q_state);
     PipelineState state_v = state;
     float o_scale[kRows];
@@ -404,6 +421,7 @@ struct Mainloop {
     score_transform(n);
     softmax.update(s_rc, o_scale);
     convert_fragment(s, pr);
+    zero_v_tail(state_v);
     for (--n; n >= w.n_block_min; --n) {
       wait_kv(pipe_k, state);
       wait_kv(pipe_v, state_v);

@@ -41,6 +41,7 @@ enum class BarrierId : int {
   kEpilogue = 0,   // + consumer group: the group's O rows are in shared memory
   kScheduler = 3,  // + consumer group: the group's turn to issue its wgmmas
   kProducer = 6,   // the producer warp group passes the next tile index around (paged k/v)
+  kVTail = 7,      // every consumer thread: V rows past the last key are zeroed
 };
 
 template <typename CudaElement, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kStages_, bool kPingPong_>
