@@ -37,8 +37,9 @@ def main() -> None:
     q, k, v = randn(sum(lq), 4, 128), randn(sum(lk), 2, 128), randn(sum(lk), 2, 128)
     sinks = torch.randn(4, device="cuda")
     fa3.flash_attn_varlen_func(q, k, v, cu_seqlens(lq), cu_seqlens(lk), max(lq), max(lk), causal=True, sinks=sinks)
-    # Paged pools (pages in reverse order) with 128- and 64-byte swizzled rows and uneven row groups.
-    for d, page_size in ((128, 1), (96, 16), (256, 64)):
+    # Paged pools (pages in reverse order; 1 to 64 keys, 12 not a power of two) with 128- and
+    # 64-byte swizzled rows and uneven row groups per producer warp.
+    for d, page_size in ((128, 1), (64, 12), (96, 16), (256, 64), (192, 8)):
         lq, lk = [200, 17, 300], [300, 0, 517]
         pages = [max(1, -(-n // page_size)) for n in lk]
         table = torch.zeros(len(lk), max(pages), dtype=torch.int32, device="cuda")
