@@ -21,3 +21,18 @@ def paged_cache(lengths, page_size, h_k, d, dv, dtype, extra_pages=3):
         return torch.randn(num_pages, page_size, h_k, dim, dtype=dtype, device="cuda")
 
     return pool(d), pool(dv), table
+
+
+def nan_past_the_keys(k_cache, v_cache, lengths, table=None):
+    """Fill every cache slot past each row's keys with NaN, as uninitialised memory may hold: in a
+    dense cache the rest of the row, in a paged one the rest of the row's own last page."""
+    for row, n in enumerate(lengths):
+        if table is None:
+            k_cache[row, n:] = float("nan")
+            v_cache[row, n:] = float("nan")
+            continue
+        page_size = k_cache.shape[1]
+        slots = torch.arange(n, -(-n // page_size) * page_size, device="cuda")
+        pages = table[row, slots // page_size].long()
+        k_cache[pages, slots % page_size] = float("nan")
+        v_cache[pages, slots % page_size] = float("nan")

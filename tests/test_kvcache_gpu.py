@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from caches import paged_cache
+from caches import nan_past_the_keys, paged_cache
 from tolerance import check_against_ref, poisoned_like
 
 pytestmark = pytest.mark.gpu
@@ -126,6 +126,26 @@ def test_append_kv(fa3, dtype, case):
     torch.testing.assert_close(v_cache, ref.v_cache, rtol=0, atol=0)
     changed = (k_cache != k0).any(-1).any(-1) | (v_cache != v0).any(-1).any(-1)
     assert int(changed.sum()) <= sum(new_lens)
+
+
+@pytest.mark.parametrize("sq", [1, 200])
+@pytest.mark.parametrize("page_size", [0, 16])
+def test_portable_cache_slots_past_the_keys_never_leak(fa3, monkeypatch, sq, page_size):
+    """The portable family on a cache whose slots past cache_seqlens hold NaN: they take no part."""
+    monkeypatch.setenv("SGL_FLASH_ATTN3_BACKEND", "portable")
+    torch.manual_seed(sq + page_size)
+    b, h, h_k, d = 3, 8, 2, 128
+    lengths = [300, 77, 129]
+    if page_size:
+        k_cache, v_cache, table = paged_cache(lengths, page_size, h_k, d, d, torch.bfloat16)
+    else:
+        k_cache, v_cache, table = randn(b, 512, h_k, d), randn(b, 512, h_k, d), None
+    nan_past_the_keys(k_cache, v_cache, lengths, table)
+    seqlens, q = ints(lengths), randn(b, sq, h, d)
+    got, lse = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
+                                           causal=True, return_softmax_lse=True)
+    check(fa3, "portable past the keys", got, lse, q, torch.nan_to_num(k_cache), torch.nan_to_num(v_cache),
+          seqused_k=seqlens, page_table=table, causal=True)
 
 
 HEAD_DIM_PAIRS = [(96, 96), (192, 192), (256, 256), (192, 128)]

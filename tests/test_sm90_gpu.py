@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 import torch
-from caches import paged_cache
+from caches import nan_past_the_keys, paged_cache
 from tolerance import check_against_ref, poisoned_like
 
 pytestmark = [
@@ -237,17 +237,9 @@ def test_cache_slots_past_the_keys_never_leak(fa3, page_size):
     lengths = [300, 77, 129]
     if page_size:
         k_cache, v_cache, table = paged_cache(lengths, page_size, h_k, d, d, dtype)
-        for row, n in enumerate(lengths):  # poison the slots of the row's own pages past its keys
-            slots = torch.arange(n, -(-n // page_size) * page_size, device="cuda")
-            pages = table[row, slots // page_size].long()
-            k_cache[pages, slots % page_size] = float("nan")
-            v_cache[pages, slots % page_size] = float("nan")
     else:
-        table = None
-        k_cache, v_cache = randn(b, 512, h_k, d, dtype=dtype), randn(b, 512, h_k, d, dtype=dtype)
-        for row, n in enumerate(lengths):
-            k_cache[row, n:] = float("nan")
-            v_cache[row, n:] = float("nan")
+        k_cache, v_cache, table = randn(b, 512, h_k, d, dtype=dtype), randn(b, 512, h_k, d, dtype=dtype), None
+    nan_past_the_keys(k_cache, v_cache, lengths, table)
     seqlens = ints(lengths)
     q = randn(b, sq, h, d, dtype=dtype)
     out = poisoned_like((b, sq, h, d), dtype, "cuda")
