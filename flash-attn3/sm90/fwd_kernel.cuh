@@ -4,8 +4,9 @@
 // (scheduler.cuh: drawn from a global counter). Warp group 0 produces: after giving up registers, one warp
 // issues the TMA loads of Q (kQStages buffers) and of the K/V blocks (kStages-deep) into
 // mbarrier pipelines, running ahead into the next tile while the consumers finish the current
-// one. With paged k/v the whole warp group stays and gathers the K/V rows with cp.async. Warp groups 1..G consume: each takes 64 query rows of the tile, runs the main loop
-// (mainloop.cuh) with the registers the producer gave up, then the epilogue (epilogue.cuh).
+// one; with paged k/v the whole warp group stays and gathers the K/V rows with cp.async. Warp
+// groups 1..G consume: each takes 64 query rows of the tile, runs the main loop (mainloop.cuh)
+// with the registers the producer gave up, then the epilogue (epilogue.cuh).
 // Tiles whose rows see no key skip the pipelines: the consumers write their empty rows directly.
 // The producer draws each next tile and hands its index to the consumers through shared memory.
 #pragma once

@@ -275,14 +275,16 @@ struct Mainloop {
     };
     PipelineState state_v = state;
     const auto load_k = [&](int n) {
-      const SourceRows rows = find_rows(p, k_base, p.k_batch_stride, p.k_row_stride, pages, w.seq.seqlen_k, n, warp, lane);
+      const SourceRows rows =
+          find_rows(p, k_base, p.k_batch_stride, p.k_row_stride, pages, w.seq.seqlen_k, n, warp, lane);
       pipe_k.producer_acquire(state);
       copy_rows<kD>(rows, k_base, s_k + state.index() * kStageBytesK, warp, lane);
       commit(pipe_k, state);
       ++state;
     };
     const auto load_v = [&](int n) {
-      const SourceRows rows = find_rows(p, v_base, p.v_batch_stride, p.v_row_stride, pages, w.seq.seqlen_k, n, warp, lane);
+      const SourceRows rows =
+          find_rows(p, v_base, p.v_batch_stride, p.v_row_stride, pages, w.seq.seqlen_k, n, warp, lane);
       pipe_v.producer_acquire(state_v);
       copy_rows<kDV>(rows, v_base, s_v + state_v.index() * kStageBytesV, warp, lane);
       commit(pipe_v, state_v);
