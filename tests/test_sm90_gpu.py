@@ -228,6 +228,33 @@ def test_paged_append_with_rotary(fa3, page_size, interleaved):
     torch.testing.assert_close(v_cache, ref.v_cache, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("page_size", [1, 64])
+def test_paged_ragged_extend_with_append(fa3, page_size):
+    """Ragged new tokens (cu_seqlens_q, cu_seqlens_k_new) appended into a paged cache with rotary,
+    then attended causally: the extend step of a server that appends through the kernel."""
+    torch.manual_seed(41 + page_size)
+    h, h_k, d, dtype = 8, 2, 128, torch.bfloat16
+    cache_lens, new_lens = [0, 37, 300, 5], [200, 1, 150, 33]
+    k_cache, v_cache, table = paged_cache([c + n for c, n in zip(cache_lens, new_lens)], page_size, h_k, d, d, dtype)
+    k0, v0 = k_cache.clone(), v_cache.clone()
+    cu_new = cu_seqlens(new_lens)
+    q = randn(sum(new_lens), h, d, dtype=dtype)
+    k_new, v_new = randn(sum(new_lens), h_k, d, dtype=dtype), randn(sum(new_lens), h_k, d, dtype=dtype)
+    angles = torch.rand(1024, 32, device="cuda") * 6.28
+    rotary = dict(rotary_cos=angles.cos().to(dtype), rotary_sin=angles.sin().to(dtype), rotary_interleaved=False)
+    seqlens = ints(cache_lens)
+    out = poisoned_like((sum(new_lens), h, d), dtype, "cuda")
+    got, lse = fa3.flash_attn_with_kvcache(
+        q, k_cache, v_cache, k_new, v_new, cache_seqlens=seqlens, page_table=table, cu_seqlens_q=cu_new,
+        cu_seqlens_k_new=cu_new, max_seqlen_q=max(new_lens), causal=True, return_softmax_lse=True, out=out,
+        **rotary,
+    )
+    ref = check(fa3, "ragged append", got, lse, q, k0, v0, seqused_k=seqlens, page_table=table, k_new=k_new,
+                v_new=v_new, cu_seqlens_q=cu_new, cu_seqlens_k_new=cu_new, causal=True, **rotary)
+    torch.testing.assert_close(k_cache, ref.k_cache, rtol=2**-7, atol=1e-3)
+    torch.testing.assert_close(v_cache, ref.v_cache, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("page_size", [0, 4, 16])
 def test_cache_slots_past_the_keys_never_leak(fa3, page_size):
     """Cache slots past cache_seqlens hold NaN (as uninitialised memory may): they take no part
