@@ -20,7 +20,6 @@ cycled across copies inside the graph; points whose K+V exceed --budget-gib are 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import math
 import sys
@@ -34,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
+
+from bench_table import write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("dtype,batch,seqlen_k,nheads_q,nheads_kv,hdim,page_size,ours_gbps,cudnn_gbps,copy_gbps,"
@@ -265,11 +266,7 @@ def main() -> int:
                     continue
                 rows += run_point(fa3, p, page_sizes, copy, device, date)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns.split(","))
-            writer.writerows(rows)
+        write_table(args.out, columns.split(","), rows)
     return 0
 
 

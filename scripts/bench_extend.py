@@ -17,7 +17,6 @@ Medians of CUDA-event timings (triton.testing.do_bench).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import torch
 from triton.testing import do_bench
+
+from bench_table import write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("dtype,hdim,nheads_q,nheads_kv,page_size,ours_tflops,unpaged_tflops,portable_tflops,"
@@ -135,11 +136,7 @@ def main() -> int:
             rows.append(["bf16", D, *heads, page_size, f"{ours:.1f}", f"{unpaged:.1f}", f"{portable:.1f}", device, date])
             print(",".join(str(x) for x in rows[-1]), flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(COLUMNS)
-            writer.writerows(rows)
+        write_table(args.out, COLUMNS, rows)
     return 0
 
 

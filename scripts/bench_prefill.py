@@ -14,7 +14,6 @@ Workload: batch * seqlen = 16k tokens, heads * d = 2048. FLOPs = 4 * b * h * sq 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import math
 import os
@@ -25,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
+
+from bench_table import write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "fa2": SDPBackend.FLASH_ATTENTION}
@@ -115,11 +116,7 @@ def main() -> int:
                     print(",".join(str(x) for x in rows[-1]), flush=True)
     summarize(rows)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns(args.peer))
-            writer.writerows(rows)
+        write_table(args.out, columns(args.peer), rows)
     return 0
 
 

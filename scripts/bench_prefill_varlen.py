@@ -14,7 +14,6 @@ timings (triton.testing.do_bench).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import sys
 from pathlib import Path
@@ -22,6 +21,8 @@ from pathlib import Path
 import torch
 from torch.nn.attention.varlen import varlen_attn
 from triton.testing import do_bench
+
+from bench_table import write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = "dtype,hdim,causal,nseqs,ours_tflops,dense4k_tflops,torch_varlen_tflops,device,date".split(",")
@@ -82,11 +83,7 @@ def main() -> int:
             rows.append(["bf16", d, int(causal), NSEQS, f"{ours:.1f}", f"{dense:.1f}", f"{theirs:.1f}", device, date])
             print(",".join(str(x) for x in rows[-1]), flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(COLUMNS)
-            writer.writerows(rows)
+        write_table(args.out, COLUMNS, rows)
     return 0
 
 

@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
   const Role role = threadIdx.x < kProducerThreads ? Role::kProducer : Role::kConsumer;
   // Paged k/v: key rows are gathered through the page table (cp.async by the whole producer
   // warp group); otherwise one TMA box per block.
-  const bool gather = p.page_table != nullptr;
+  const bool gather = Loop::gathers(p);
   if (threadIdx.x == 0) {
     smem.tile_full.init(1);
     smem.tile_empty.init(Traits::kConsumerThreads);

@@ -57,7 +57,7 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                              gmem(p.q, p.q_tensor_rows, Traits::kD, p.num_heads, p.q_tensor_batch, p.q_row_stride,
                                   p.q_head_stride, p.q_batch_stride),
                              typename Traits::SmemLayoutQ{}, Shape<Int<Traits::kBlockM>, Int<Traits::kD>>{}, _1{});
-  if (p.page_table == nullptr) {  // paged K/V rows are gathered with cp.async (mainloop.cuh)
+  if (!Mainloop<Traits>::gathers(p)) {  // gathered K/V rows need no K/V descriptors
     args.tma.k = make_tma_copy(SM90_TMA_LOAD{},
                                gmem(p.k, p.k_tensor_rows, Traits::kD, p.num_heads_k, p.k_tensor_batch, p.k_row_stride,
                                     p.k_head_stride, p.k_batch_stride),

@@ -266,29 +266,25 @@ struct Mainloop {
     const Element* k_base = static_cast<const Element*>(p.k) + int64_t(w.head_kv) * p.k_head_stride;
     const Element* v_base = static_cast<const Element*>(p.v) + int64_t(w.head_kv) * p.v_head_stride;
     const uint32_t s_k = cast_smem_ptr_to_uint(smem.k.data()), s_v = cast_smem_ptr_to_uint(smem.v.data());
-    constexpr uint32_t kStageBytesK = kBlockN * kD * sizeof(Element), kStageBytesV = kBlockN * kDV * sizeof(Element);
-    // The stage's full barrier completes once every producer thread's copies have landed: each
-    // thread's one arrival is triggered by the completion of its copies (noinc: it counts
-    // towards the kProducerThreads arrivals the barrier expects).
-    const auto commit = [](Pipeline& pipe, const PipelineState& st) {
+    // Block n of one paged tensor (cols columns) into the next stage of its pipeline. The stage's
+    // full barrier completes once every producer thread's copies have landed: each thread's one
+    // arrival is triggered by the completion of its copies (noinc: it counts towards the
+    // kProducerThreads arrivals the barrier expects).
+    const auto load = [&](auto cols, Pipeline& pipe, PipelineState& st, const Element* base, int64_t batch_stride,
+                          int64_t row_stride, uint32_t s_stages, int n) {
+      constexpr int kCols = decltype(cols)::value;
+      const SourceRows rows = find_rows(p, base, batch_stride, row_stride, pages, w.seq.seqlen_k, n, warp, lane);
+      pipe.producer_acquire(st);
+      copy_rows<kCols>(rows, base, s_stages + st.index() * uint32_t(kBlockN * kCols * sizeof(Element)), warp, lane);
       cutlass::arch::cpasync_barrier_arrive_noinc(pipe.producer_get_barrier(st));
+      ++st;
     };
     PipelineState state_v = state;
     const auto load_k = [&](int n) {
-      const SourceRows rows =
-          find_rows(p, k_base, p.k_batch_stride, p.k_row_stride, pages, w.seq.seqlen_k, n, warp, lane);
-      pipe_k.producer_acquire(state);
-      copy_rows<kD>(rows, k_base, s_k + state.index() * kStageBytesK, warp, lane);
-      commit(pipe_k, state);
-      ++state;
+      load(Int<kD>{}, pipe_k, state, k_base, p.k_batch_stride, p.k_row_stride, s_k, n);
     };
     const auto load_v = [&](int n) {
-      const SourceRows rows =
-          find_rows(p, v_base, p.v_batch_stride, p.v_row_stride, pages, w.seq.seqlen_k, n, warp, lane);
-      pipe_v.producer_acquire(state_v);
-      copy_rows<kDV>(rows, v_base, s_v + state_v.index() * kStageBytesV, warp, lane);
-      commit(pipe_v, state_v);
-      ++state_v;
+      load(Int<kDV>{}, pipe_v, state_v, v_base, p.v_batch_stride, p.v_row_stride, s_v, n);
     };
 
     if constexpr (Traits::kQStages > 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
@@ -303,10 +299,13 @@ struct Mainloop {
     load_v(w.n_block_min);
   }
 
+  // Paged K/V are gathered with cp.async (no TMA box spans scattered rows).
+  static __host__ __device__ bool gathers(const FwdParams& p) { return p.page_table != nullptr; }
+
   // Whether the consumer groups take turns issuing their wgmmas. Not over gathered (paged) K/V:
   // a V stage frees only when every group has used it, and the groups' half-block offset would
   // leave the slower cp.async gather too little time to refill it.
-  static __device__ bool ping_pong_for(const FwdParams& p) { return Traits::kPingPong && p.page_table == nullptr; }
+  static __device__ bool ping_pong_for(const FwdParams& p) { return Traits::kPingPong && !gathers(p); }
 
   // Runs the key blocks of the tile for this consumer thread (index among all consumer threads).
   // o needs no initial value; on return it holds the unnormalised output and softmax the row
@@ -383,7 +382,7 @@ struct Mainloop {
 
     // Paged K/V blocks were written by cp.async (the generic proxy); wgmma reads shared memory
     // through the async proxy, so each consumer fences between the two after its wait.
-    const bool gathered = p.page_table != nullptr;
+    const bool gathered = gathers(p);
     auto wait_kv = [&](Pipeline& pipe, const PipelineState& st) {
       pipe.consumer_wait(st);
       if (gathered) cutlass::arch::fence_view_async_shared();
