@@ -8,7 +8,9 @@
 
 Workload: bf16, d 128, heads (q/kv) 32/8 and 32/32, batch 1/8/32/128 x kv length 1k/8k/32k, unpaged
 (page_size 0) and paged with page sizes 1/16/64 (pages scattered by a random permutation).
---q-len n gives every sequence n query rows (speculative decoding); the CSV then gains a q_len column.
+--q-len n gives every sequence n query rows (speculative decoding); the CSV then gains a q_len column
+and unpacked_gbps, the same call with pack_gqa=False (one query head per tile instead of the heads
+of a KV group folded into the tile rows).
 Bytes = K + V + q + out = 2 * (b * sk * h_kv * d * 2) + 2 * (b * q_len * h_q * d * 2) (page table not counted);
 GB/s = bytes / median time per call, timed (triton.testing.do_bench) as replays of a CUDA graph of
 back-to-back calls, as decode is served. cuDNN runs on the unpaged cache, so its number is
@@ -155,7 +157,7 @@ def random_page_table(p: Point, page_size: int) -> torch.Tensor:
     return perm.to(torch.int32).view(p.batch, pages_per_seq)
 
 
-def measure_ours(fa3, p: Point, bufs: list[Buffers], page_size: int) -> float:
+def measure_ours(fa3, p: Point, bufs: list[Buffers], page_size: int, pack_gqa: bool | None = None) -> float:
     """GB/s of flash_attn_with_kvcache; raises NotImplementedError where the build lacks the feature."""
     cache_seqlens = torch.full((p.batch,), p.seqlen_k, device="cuda", dtype=torch.int32)
     page_table = random_page_table(p, page_size) if page_size else None
@@ -163,7 +165,7 @@ def measure_ours(fa3, p: Point, bufs: list[Buffers], page_size: int) -> float:
     for buf in bufs:
         k_cache, v_cache = (paged(x, page_size) if page_size else x for x in (buf.k, buf.v))
         calls.append(partial(fa3.flash_attn_with_kvcache, buf.q, k_cache, v_cache, cache_seqlens=cache_seqlens,
-                             page_table=page_table, causal=True, out=buf.out))
+                             page_table=page_table, causal=True, out=buf.out, pack_gqa=pack_gqa))
     return gbps(p.bytes_moved(), graph_ms(calls))
 
 
@@ -191,11 +193,11 @@ def measure_cudnn(p: Point, bufs: list[Buffers]) -> float | None:
 
 
 def csv_row(p: Point, page_size: int, ours: float, cudnn: float | None, copy: float, device: str,
-            date: str) -> list[object]:
+            date: str, unpacked: float | None) -> list[object]:
     cudnn_s = "" if cudnn is None else f"{cudnn:.1f}"
     row = [DTYPE_NAME, p.batch, p.seqlen_k, p.nheads_q, p.nheads_kv, p.hdim, page_size,
            f"{ours:.1f}", cudnn_s, f"{copy:.1f}", f"{ours / copy:.3f}", device, date]
-    return row + [p.q_len] if p.q_len != 1 else row
+    return row + [p.q_len, f"{unpacked:.1f}"] if p.q_len != 1 else row
 
 
 def run_point(fa3, p: Point, page_sizes: list[int], copy: float, device: str, date: str) -> list[list[object]]:
@@ -210,10 +212,11 @@ def run_point(fa3, p: Point, page_sizes: list[int], copy: float, device: str, da
             continue
         try:
             ours = measure_ours(fa3, p, bufs, page_size)
+            unpacked = measure_ours(fa3, p, bufs, page_size, pack_gqa=False) if p.q_len != 1 else None
         except NotImplementedError as e:
             print(f"# skip {p.label()} page {page_size}: {e}", file=sys.stderr, flush=True)
             continue
-        rows.append(csv_row(p, page_size, ours, cudnn, copy, device, date))
+        rows.append(csv_row(p, page_size, ours, cudnn, copy, device, date, unpacked))
         print(",".join(str(x) for x in rows[-1]), flush=True)
     del bufs
     torch.cuda.empty_cache()
@@ -251,7 +254,7 @@ def main() -> int:
           f"L2 {l2_bytes() >> 20} MiB", file=sys.stderr, flush=True)
     copy = copy_gbps()
     print(f"# copy {copy:.1f} GB/s (read + write of {COPY_BYTES >> 30} GiB)", file=sys.stderr, flush=True)
-    columns = COLUMNS + (",q_len" if args.q_len != 1 else "")
+    columns = COLUMNS + (",q_len,unpacked_gbps" if args.q_len != 1 else "")
     print(columns, flush=True)
     budget = int(args.budget_gib * (1 << 30))
     page_sizes = parse_ints(grid["page_sizes"])

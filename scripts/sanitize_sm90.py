@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Representative calls of the Hopper family (every tile shape class: ping-pong groups, three
 groups, O staged in Q's bytes, window, causal, varlen with empty sequences, sinks, paged k/v
-gathered with cp.async) for running under compute-sanitizer, without the reference (whose host code the tools slow down):
+gathered with cp.async, GQA heads packed into the tile rows with Q gathered by cp.async) for
+running under compute-sanitizer, without the reference (whose host code the tools slow down):
 
     compute-sanitizer --tool racecheck python scripts/sanitize_sm90.py
     compute-sanitizer --tool synccheck python scripts/sanitize_sm90.py
@@ -50,6 +51,18 @@ def main() -> None:
         fa3.flash_attn_varlen_func(randn(sum(lq), 4, d), k_pool, v_pool, cu_seqlens(lq), None, max(lq), max(lk),
                                    seqused_k=torch.tensor(lk, dtype=torch.int32, device="cuda"), page_table=table,
                                    causal=True)
+    # Packed GQA (groups of 3 and 8 heads): Q rows gathered, O and LSE stored row by row; dense,
+    # varlen with sinks and an empty sequence, and over a paged pool (Q and K/V gathered).
+    for d, causal in ((128, True), (64, False), (256, True), (96, True)):
+        q, k, v = randn(2, 100, 6, d), randn(2, 333, 2, d), randn(2, 333, 2, d)
+        fa3.flash_attn_func(q, k, v, causal=causal, pack_gqa=True)
+    lq, lk = [0, 40, 300, 1], [5, 0, 400, 64]
+    q, k, v = randn(sum(lq), 16, 128), randn(sum(lk), 2, 128), randn(sum(lk), 2, 128)
+    fa3.flash_attn_varlen_func(q, k, v, cu_seqlens(lq), cu_seqlens(lk), max(lq), max(lk), causal=True,
+                               sinks=torch.randn(16, device="cuda"), pack_gqa=True)
+    fa3.flash_attn_varlen_func(randn(sum(lq), 6, 128), k_pool[..., :128], v_pool[..., :128], cu_seqlens(lq), None,
+                               max(lq), 517, seqused_k=torch.tensor([5, 0, 400, 64], dtype=torch.int32, device="cuda"),
+                               page_table=table[[0, 1, 2, 2]], causal=True, pack_gqa=True)
     torch.cuda.synchronize()
     print("sanitizer calls done")
 

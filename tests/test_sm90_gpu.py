@@ -24,10 +24,15 @@ DTYPES = [torch.float16, torch.bfloat16]
 # (d, dv) pairs of the Hopper family (_instantiations.SM90_HEAD_DIM_PAIRS).
 PAIRS = [(64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)]
 HEADS = [(3, 3), (6, 2), (5, 1)]
-# More than a decode's worth of query rows (decode tiles stay on the portable family). The
-# Hopper family never packs GQA heads, so test_dense asks for pack_gqa=False: with packing,
-# 17 queries x 3 heads would be a short-query tile, which stays portable too.
+# More than a decode's worth of query rows (decode tiles stay on the portable family). test_dense
+# asks for pack_gqa=False (one head per tile): with packing, 17 queries x 3 heads would be a
+# short-query tile, which stays portable too; test_pack_gqa covers packed tiles.
 SEQLENS = [(17, 1), (113, 203), (128, 217), (300, 128), (1023, 1024)]
+# GQA groups for packed tiles: 3 and 5 heads per KV head (a tile row's head is row % group, and
+# groups of 8 rows mix heads), 8 (a typical server model), and every packed row count > 64
+# (fewer would be a short-query tile).
+PACK_HEADS = [(6, 2), (5, 1), (16, 2)]
+PACK_SEQLENS = [(23, 1), (113, 203), (300, 128), (1023, 1024)]
 
 
 @pytest.fixture(autouse=True)
@@ -43,19 +48,45 @@ def check(fa3, name, out, lse, q, k, v, factor=2.0, **ref_kwargs):
     return check_against_ref(fa3, name, out, lse, ref_kwargs, q, k, v, factor)
 
 
+def check_dense(fa3, name, dtype, dims, causal, heads, seqlens, pack_gqa):
+    torch.manual_seed(hash((name, str(dtype), dims, causal, heads, seqlens)) % 2**31)
+    (d, dv), (h, h_k), (sq, sk) = dims, heads, seqlens
+    b = 2
+    q, k, v = randn(b, sq, h, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype), randn(b, sk, h_k, dv, dtype=dtype)
+    out = poisoned_like((b, sq, h, dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, return_softmax_lse=True, out=out, pack_gqa=pack_gqa)
+    check(fa3, name, got, lse, q, k, v, causal=causal)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dims", PAIRS, ids=[f"d{d}-{dv}" for d, dv in PAIRS])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("heads", HEADS)
 @pytest.mark.parametrize("seqlens", SEQLENS)
 def test_dense(fa3, dtype, dims, causal, heads, seqlens):
-    torch.manual_seed(hash((str(dtype), dims, causal, heads, seqlens)) % 2**31)
-    (d, dv), (h, h_k), (sq, sk) = dims, heads, seqlens
-    b = 2
-    q, k, v = randn(b, sq, h, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype), randn(b, sk, h_k, dv, dtype=dtype)
-    out = poisoned_like((b, sq, h, dv), dtype, "cuda")
-    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, return_softmax_lse=True, out=out, pack_gqa=False)
-    check(fa3, "dense", got, lse, q, k, v, causal=causal)
+    check_dense(fa3, "dense", dtype, dims, causal, heads, seqlens, pack_gqa=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dims", PAIRS, ids=[f"d{d}-{dv}" for d, dv in PAIRS])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads", PACK_HEADS)
+@pytest.mark.parametrize("seqlens", PACK_SEQLENS)
+def test_pack_gqa(fa3, dtype, dims, causal, heads, seqlens):
+    """The heads of a KV group folded into the tile rows (row r: query r // group, head r % group)."""
+    check_dense(fa3, "pack_gqa", dtype, dims, causal, heads, seqlens, pack_gqa=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_pack_gqa_by_default_for_short_chunks(fa3, causal):
+    """pack_gqa=None packs a short chunk over a long cache (96 queries x 4 heads per KV head)."""
+    torch.manual_seed(4)
+    b, sq, sk, h, h_k, d = 3, 96, 2000, 32, 8, 128
+    q, k, v = randn(b, sq, h, d, dtype=torch.bfloat16), randn(b, sk, h_k, d, dtype=torch.bfloat16), randn(
+        b, sk, h_k, d, dtype=torch.bfloat16)
+    out = poisoned_like((b, sq, h, d), torch.bfloat16, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, return_softmax_lse=True, out=out)
+    check(fa3, "short chunk", got, lse, q, k, v, causal=causal)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -86,26 +117,30 @@ FEATURES = [
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("feature", FEATURES, ids=[f[0] for f in FEATURES])
 @pytest.mark.parametrize("seqlens", [(113, 203), (300, 128), (520, 520)])
-def test_features(fa3, dtype, d, feature, seqlens):
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_features(fa3, dtype, d, feature, seqlens, pack_gqa):
     name, kwargs, ref_kwargs, factor = feature
-    torch.manual_seed(hash((str(dtype), d, name, seqlens)) % 2**31)
+    torch.manual_seed(hash((str(dtype), d, name, seqlens, pack_gqa)) % 2**31)
     (sq, sk), b, h, h_k = seqlens, 2, 6, 2
     q, k, v = randn(b, sq, h, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype)
     out = poisoned_like((b, sq, h, d), dtype, "cuda")
-    got, lse = fa3.flash_attn_func(q, k, v, return_softmax_lse=True, out=out, **kwargs)
+    got, lse = fa3.flash_attn_func(q, k, v, return_softmax_lse=True, out=out, pack_gqa=pack_gqa, **kwargs)
     check(fa3, name, got, lse, q, k, v, factor, **ref_kwargs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("heads", [(8, 8), (80, 8)])
-def test_sinks(fa3, dtype, causal, heads):
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_sinks(fa3, dtype, causal, heads, pack_gqa):
+    """One sink per query head (packed rows of one tile carry different heads' sinks)."""
     torch.manual_seed(5)
     (h, h_k), b, sq, sk, d = heads, 2, 200, 333, 64
     q, k, v = randn(b, sq, h, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype)
     sinks = torch.randn(h, device="cuda", dtype=torch.float32) * 2
     out = poisoned_like((b, sq, h, d), dtype, "cuda")
-    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, sinks=sinks, return_softmax_lse=True, out=out)
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, sinks=sinks, return_softmax_lse=True, out=out,
+                                   pack_gqa=pack_gqa)
     check(fa3, "sinks", got, lse, q, k, v, causal=causal, sinks=sinks)
 
 
@@ -125,21 +160,23 @@ VARLEN_BATCHES = [
 @pytest.mark.parametrize("dims", [(64, 64), (128, 128), (256, 256), (192, 128)], ids=["d64", "d128", "d256", "d192-128"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("lengths", VARLEN_BATCHES)
-def test_varlen(fa3, dtype, dims, causal, lengths):
-    torch.manual_seed(hash((str(dtype), dims, causal, str(lengths))) % 2**31)
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_varlen(fa3, dtype, dims, causal, lengths, pack_gqa):
+    torch.manual_seed(hash((str(dtype), dims, causal, str(lengths), pack_gqa)) % 2**31)
     (d, dv), (lq, lk), h, h_k = dims, lengths, 6, 2
     cu_q, cu_k = cu_seqlens(lq), cu_seqlens(lk)
     q, k, v = randn(sum(lq), h, d, dtype=dtype), randn(sum(lk), h_k, d, dtype=dtype), randn(sum(lk), h_k, dv, dtype=dtype)
     out = poisoned_like((sum(lq), h, dv), dtype, "cuda")
     got, lse = fa3.flash_attn_varlen_func(
-        q, k, v, cu_q, cu_k, max(lq), max(lk), causal=causal, return_softmax_lse=True, out=out
+        q, k, v, cu_q, cu_k, max(lq), max(lk), causal=causal, return_softmax_lse=True, out=out, pack_gqa=pack_gqa
     )
     check(fa3, "varlen", got, lse, q, k, v, causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
-def test_varlen_seqused(fa3, dtype, causal):
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_varlen_seqused(fa3, dtype, causal, pack_gqa):
     torch.manual_seed(3)
     lq, lk, used_q, used_k = [200, 50, 300], [300, 90, 310], [150, 0, 300], [250, 90, 7]
     h, h_k, d = 4, 2, 128
@@ -150,7 +187,7 @@ def test_varlen_seqused(fa3, dtype, causal):
     out = poisoned_like((sum(lq), h, d), dtype, "cuda")
     got, lse = fa3.flash_attn_varlen_func(
         q, k, v, cu_q, cu_k, max(lq), max(lk), seqused_q=sq_used, seqused_k=sk_used, causal=causal,
-        return_softmax_lse=True, out=out,
+        return_softmax_lse=True, out=out, pack_gqa=pack_gqa,
     )
     check(fa3, "seqused", got, lse, q, k, v, causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
           seqused_q=sq_used, seqused_k=sk_used)
@@ -185,10 +222,12 @@ PAGE_SIZES = [1, 4, 8, 12, 16, 24, 64, 256]
 @pytest.mark.parametrize("dims", PAIRS, ids=[f"d{d}-{dv}" for d, dv in PAIRS])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("page_size", PAGE_SIZES)
-def test_paged_extend(fa3, dtype, dims, causal, page_size):
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_paged_extend(fa3, dtype, dims, causal, page_size, pack_gqa):
     """An extend step as SGLang issues it: ragged queries over a shuffled page pool (keys gathered
-    through the page table), with a one-query row and a row without keys."""
-    torch.manual_seed(hash((str(dtype), dims, causal, page_size)) % 2**31)
+    through the page table), with a one-query row and a row without keys; Q rows gathered too
+    when packed."""
+    torch.manual_seed(hash((str(dtype), dims, causal, page_size, pack_gqa)) % 2**31)
     (d, dv), h, h_k = dims, 6, 2
     lq, lk = [100, 1, 300, 17], [300, 5, 700, 0]
     k_cache, v_cache, table = paged_cache(lk, page_size, h_k, d, dv, dtype)
@@ -197,7 +236,7 @@ def test_paged_extend(fa3, dtype, dims, causal, page_size):
     out = poisoned_like((sum(lq), h, dv), dtype, "cuda")
     got, lse = fa3.flash_attn_varlen_func(
         q, k_cache, v_cache, cu_q, None, max(lq), max(lk), seqused_k=used_k, page_table=table, causal=causal,
-        return_softmax_lse=True, out=out,
+        return_softmax_lse=True, out=out, pack_gqa=pack_gqa,
     )
     check(fa3, f"paged{page_size}", got, lse, q, k_cache, v_cache, causal=causal, cu_seqlens_q=cu_q,
           seqused_k=used_k, page_table=table)
@@ -305,19 +344,21 @@ def test_out_view_nothing_written_outside(fa3, causal):
     assert torch.equal(buf[..., d:].view(torch.int16), before[..., d:].view(torch.int16))
 
 
-def test_varlen_out_view_nothing_written_outside(fa3):
+@pytest.mark.parametrize("heads", [(3, 3), (6, 2)])
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_varlen_out_view_nothing_written_outside(fa3, heads, pack_gqa):
     """Packed rows into a view of a larger poisoned buffer: each sequence's rows hold its own
     result (no tile's store reaches into the next sequence) and nothing past the view changes."""
     torch.manual_seed(13)
-    lq, lk, h, d = [200, 64, 1, 300, 129], [150, 300, 9, 300, 700], 3, 128
+    (h, h_k), lq, lk, d = heads, [200, 64, 1, 300, 129], [150, 300, 9, 300, 700], 128
     cu_q, cu_k = cu_seqlens(lq), cu_seqlens(lk)
     q = randn(sum(lq), h, d, dtype=torch.bfloat16)
-    k, v = randn(sum(lk), h, d, dtype=torch.bfloat16), randn(sum(lk), h, d, dtype=torch.bfloat16)
+    k, v = randn(sum(lk), h_k, d, dtype=torch.bfloat16), randn(sum(lk), h_k, d, dtype=torch.bfloat16)
     buf = poisoned_like((sum(lq) + 100, h, d + 8), torch.bfloat16, "cuda")
     before = buf.clone()
     out = buf[: sum(lq), :, :d]
     got, lse = fa3.flash_attn_varlen_func(
-        q, k, v, cu_q, cu_k, max(lq), max(lk), causal=True, return_softmax_lse=True, out=out
+        q, k, v, cu_q, cu_k, max(lq), max(lk), causal=True, return_softmax_lse=True, out=out, pack_gqa=pack_gqa
     )
     check(fa3, "varlen out view", got, lse, q, k, v, causal=True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
     assert torch.equal(buf[sum(lq):].view(torch.int16), before[sum(lq):].view(torch.int16))

@@ -282,10 +282,11 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     plan.n_blocks_per_split = int(n_blocks_per_split);
     plan.use_combine = deterministic || num_splits > 1;
   }
-  // The Hopper family runs prefill tiles without split-KV or GQA packing over dense, packed or
-  // paged k/v (check_attn_tensor's alignment makes every tensor TMA-addressable; paged rows are
-  // gathered). Decode and GQA-packed short queries (memory-bound: the portable few-row tiles read
-  // each K/V block once per KV head), qv and explicit splits / packing stay portable.
+  // The Hopper family runs prefill tiles without split-KV over dense, packed or paged k/v
+  // (check_attn_tensor's alignment makes every tensor TMA-addressable; paged rows are
+  // gathered), with or without GQA packing (the planner's choice). Decode and GQA-packed short
+  // queries (memory-bound: the portable few-row tiles read each K/V block once per KV head), qv
+  // and explicit splits stay portable.
   const bool few_rows = plan.tile == sgl_fa3::TileKind::kDecode ||
                         (plan.tile == sgl_fa3::TileKind::kShortQuery && plan.pack_gqa);
   const BackendRequest request = backend_request();
@@ -296,12 +297,11 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
                              : qv.has_value()                    ? "qv"
                              : few_rows                          ? "a decode-sized query (few rows per KV head)"
                              : num_splits > 1                    ? "split-KV (num_splits > 1)"
-                             : pack_gqa == 1                     ? "pack_gqa=True"
                                                                  : nullptr;
   STD_TORCH_CHECK(request != BackendRequest::kSm90 || sm90_blocker == nullptr,
                   "SGL_FLASH_ATTN3_BACKEND=sm90 cannot run this call: ", sm90_blocker);
   if (request != BackendRequest::kPortable && sm90_blocker == nullptr) {
-    p.pack_gqa = false;
+    p.pack_gqa = plan.pack_gqa;
     p.num_splits = 1;
     p.n_blocks_per_split = 0;
     p.num_sms = device_limits(device).num_sms;

@@ -1,8 +1,8 @@
 // Hopper epilogue: normalised O through shared memory to global memory, and the LSE of each row.
 // Each consumer group writes its own 64 rows (no CTA-wide barrier): one thread of the group
 // issues TMA stores of its rows and moves on, or (the rows of a packed sequence's last tile,
-// which a TMA box would carry into the next sequence) the group copies them out with 16-byte
-// stores.
+// which a TMA box would carry into the next sequence, and packed GQA rows, which belong to
+// several heads) the group copies them out with 16-byte stores.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -23,6 +23,28 @@ struct Epilogue {
   using Work = TileWork<Traits::kBlockM, Traits::kBlockN>;
   static constexpr int kBlockM = Traits::kBlockM, kDV = Traits::kDV;
   static constexpr int kBoxCols = Traits::kOBoxCols;
+
+  // Row r of the tile in o: query w.query(r) of head w.head(r).
+  static __device__ Element* o_row(const FwdParams& p, const Work& w, int r) {
+    return static_cast<Element*>(p.o) + w.seq.o_offset + int64_t(w.head(r)) * p.o_head_stride +
+           int64_t(w.query(r)) * p.o_row_stride;
+  }
+  static __device__ float* lse_entry(const FwdParams& p, const Work& w, int r) {
+    return p.lse + w.seq.lse_offset + int64_t(w.head(r)) * p.lse_head_stride + w.query(r);
+  }
+  static __device__ float sink_of(const FwdParams& p, const Work& w, int r) {
+    return p.sinks ? p.sinks[w.head(r)] : -INFINITY;
+  }
+
+  // The sink logit of each of this thread's accumulator rows (-inf without sinks).
+  template <int kRows>
+  static __device__ void row_sinks(const FwdParams& p, const Work& w, int thread_idx, float (&sink)[kRows]) {
+    auto thr = typename Traits::TiledMmaPV{}.get_thread_slice(thread_idx);
+    Tensor coords = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDV>>{}));
+    Tensor coords_rc = make_tensor(coords.data(), rowcol_layout(coords.layout()));
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) sink[i] = sink_of(p, w, w.row0 + get<0>(coords_rc(i, 0)));
+  }
 
   // o: this thread's (unnormalised) accumulator; o_scale / lse: per row of the thread.
   template <class FragO, int kRows>
@@ -56,11 +78,10 @@ struct Epilogue {
     Tensor coords = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDV>>{}));
     Tensor coords_rc = make_tensor(coords.data(), rowcol_layout(coords.layout()));
     if (thread_idx % 4 == 0) {
-      float* lse_out = p.lse + w.seq.lse_offset + int64_t(w.head) * p.lse_head_stride;
 #pragma unroll
       for (int i = 0; i < kRows; ++i) {
         const int row = w.row0 + get<0>(coords_rc(i, 0));
-        if (row <= w.last_row) lse_out[row] = lse[i];
+        if (row <= w.last_row) *lse_entry(p, w, row) = lse[i];
       }
     }
 
@@ -68,11 +89,11 @@ struct Epilogue {
     // Batched rows past the tensor's end are clipped by the TMA unit; packed rows must stay
     // within their sequence.
     const bool packed = p.cu_seqlens_q != nullptr;
-    if (!packed || w.row0 + 64 * (group + 1) <= w.seq.rows_q) {
+    if (!p.pack_gqa && (!packed || w.row0 + 64 * (group + 1) <= w.seq.rows_q)) {
       if (issuer) {
         // Boxes of (64 rows, kBoxCols).
         Tensor mO = tma.o.get_tma_tensor(make_shape(p.q_tensor_rows, int(kDV), p.num_heads, p.q_tensor_batch));
-        Tensor gO = local_tile(domain_offset(make_coord(w.seq.q_start, _0{}), mO(_, _, w.head, packed ? 0 : w.batch)),
+        Tensor gO = local_tile(domain_offset(make_coord(w.seq.q_start, _0{}), mO(_, _, w.head0, packed ? 0 : w.batch)),
                                Shape<_64, Int<kBoxCols>>{},
                                make_coord(w.row0 / 64 + group, _));  // (64, kBoxCols, column blocks)
 #pragma unroll
@@ -90,15 +111,12 @@ struct Epilogue {
       return;
     }
     // The group's 64 rows, 8 columns (16 bytes) per access, consecutive threads along a row.
-    Element* o_out = static_cast<Element*>(p.o) + w.seq.o_offset + int64_t(w.head) * p.o_head_stride;
     constexpr int kChunksPerRow = kDV / 8;
 #pragma unroll 4
     for (int c = t; c < 64 * kChunksPerRow; c += 128) {
       const int r = group * 64 + c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
       const int row = w.row0 + r;
-      if (row <= w.last_row)
-        *reinterpret_cast<uint4*>(o_out + int64_t(row) * p.o_row_stride + col) =
-            *reinterpret_cast<const uint4*>(&sO(r, col));
+      if (row <= w.last_row) *reinterpret_cast<uint4*>(o_row(p, w, row) + col) = *reinterpret_cast<const uint4*>(&sO(r, col));
     }
   }
 
@@ -107,17 +125,16 @@ struct Epilogue {
     if (thread_idx % 128 == 0) tma_store_wait<0>();
   }
 
-  // Rows of a tile that sees no key: O = 0, LSE = the sink (-inf without sinks).
-  static __device__ void store_empty(const FwdParams& p, const Work& w, int thread_idx, float sink) {
+  // Rows of a tile that sees no key: O = 0, LSE = the row's sink (-inf without sinks).
+  static __device__ void store_empty(const FwdParams& p, const Work& w, int thread_idx) {
     const int group = thread_idx / 128, t = thread_idx % 128;
-    Element* o_out = static_cast<Element*>(p.o) + w.seq.o_offset + int64_t(w.head) * p.o_head_stride;
     constexpr int kChunksPerRow = kDV / 8;
     for (int c = t; c < 64 * kChunksPerRow; c += 128) {
       const int row = w.row0 + group * 64 + c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
-      if (row <= w.last_row) *reinterpret_cast<uint4*>(o_out + int64_t(row) * p.o_row_stride + col) = uint4{0, 0, 0, 0};
+      if (row <= w.last_row) *reinterpret_cast<uint4*>(o_row(p, w, row) + col) = uint4{0, 0, 0, 0};
     }
     const int row = w.row0 + group * 64 + t;
-    if (t < 64 && row <= w.last_row) p.lse[w.seq.lse_offset + int64_t(w.head) * p.lse_head_stride + row] = sink;
+    if (t < 64 && row <= w.last_row) *lse_entry(p, w, row) = sink_of(p, w, row);
   }
 };
 

@@ -1,10 +1,11 @@
 // Hopper (sm90a) forward kernel: warp-specialized, TMA + wgmma.
 //
-// Persistent: one CTA per SM walks tiles of kBlockM query rows of one head of one batch row
-// (scheduler.cuh: drawn from a global counter). Warp group 0 produces: after giving up registers, one warp
-// issues the TMA loads of Q (kQStages buffers) and of the K/V blocks (kStages-deep) into
-// mbarrier pipelines, running ahead into the next tile while the consumers finish the current
-// one; with paged k/v the whole warp group stays and gathers the K/V rows with cp.async. Warp
+// Persistent: one CTA per SM walks tiles of kBlockM query rows of one head (or, with pack_gqa,
+// of the heads of one KV group) of one batch row (scheduler.cuh: drawn from a global counter).
+// Warp group 0 produces: after giving up registers, one warp issues the TMA loads of Q (kQStages
+// buffers) and of the K/V blocks (kStages-deep) into mbarrier pipelines, running ahead into the
+// next tile while the consumers finish the current one; with paged k/v the whole warp group
+// stays and gathers the K/V rows with cp.async, and with packed GQA rows the Q rows. Warp
 // groups 1..G consume: each takes 64 query rows of the tile, runs the main loop (mainloop.cuh)
 // with the registers the producer gave up, then the epilogue (epilogue.cuh).
 // Tiles whose rows see no key skip the pipelines: the consumers write their empty rows directly.
@@ -32,7 +33,7 @@ struct KernelArgs {
 };
 
 // A pipeline filled by TMA: thread 0 (the producer warp's lane 0) arms its barriers with the
-// transaction bytes. One filled by cp.async (paged K/V): no thread arms it, each of the 128
+// transaction bytes. One filled by cp.async (paged K/V, packed GQA Q): no thread arms it, each of the 128
 // producer threads arrives once its copies have landed. All consumer threads release.
 template <class Pipeline, class Traits>
 __device__ typename Pipeline::Params pipeline_params(Role role, uint32_t transaction_bytes, bool cp_async = false) {
@@ -56,14 +57,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
 
   const Role role = threadIdx.x < kProducerThreads ? Role::kProducer : Role::kConsumer;
   // Paged k/v: key rows are gathered through the page table (cp.async by the whole producer
-  // warp group); otherwise one TMA box per block.
-  const bool gather = Loop::gathers(p);
+  // warp group); otherwise one TMA box per block. Packed GQA rows of Q are gathered likewise.
+  const bool gather = Loop::gathers(p), whole_group = Loop::whole_producer_group(p);
   if (threadIdx.x == 0) {
     smem.tile_full.init(1);
     smem.tile_empty.init(Traits::kConsumerThreads);
   }
   using QPipeline = typename Traits::QPipeline;
-  QPipeline pipe_q(smem.pipe_q, pipeline_params<QPipeline, Traits>(role, Traits::kBytesQ), Shape<_1, _1, _1>{});
+  QPipeline pipe_q(smem.pipe_q, pipeline_params<QPipeline, Traits>(role, Traits::kBytesQ, p.pack_gqa),
+                   Shape<_1, _1, _1>{});
   Pipeline pipe_k(smem.pipe_k, pipeline_params<Pipeline, Traits>(role, Traits::kBytesK, gather), Shape<_1, _1, _1>{});
   Pipeline pipe_v(smem.pipe_v, pipeline_params<Pipeline, Traits>(role, Traits::kBytesV, gather), Shape<_1, _1, _1>{});
   __syncthreads();  // barriers initialised before any thread uses them
@@ -76,7 +78,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
   };
   if (role == Role::kProducer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    if (!gather && threadIdx.x >= 32) return;  // one warp issues every TMA load
+    if (!whole_group && threadIdx.x >= 32) return;  // one warp issues every TMA load
     const int thread = int(threadIdx.x);
     auto state = cutlass::make_producer_start_state<Pipeline>();
     auto q_state = cutlass::make_producer_start_state<typename Traits::QPipeline>();
@@ -96,7 +98,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
         smem.tile_full.arrive();
       }
       ++handoffs;
-      if (gather) {  // the whole warp group reads it before thread 0 may write the next one
+      if (whole_group) {  // the whole warp group reads it before thread 0 may write the next one
         cutlass::arch::NamedBarrier::sync(kProducerThreads, int(BarrierId::kProducer));
         t = smem.next_tile;
         cutlass::arch::NamedBarrier::sync(kProducerThreads, int(BarrierId::kProducer));
@@ -104,7 +106,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
         t = __shfl_sync(0xffffffff, next, 0);
       }
     }
-    if (gather) cute::cp_async_wait<0>();  // no copy outlives its thread
+    if (whole_group) cute::cp_async_wait<0>();  // no copy outlives its thread
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int thread_idx = int(threadIdx.x) - 128, group = thread_idx / 128;
@@ -119,20 +121,27 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     for (int t = int(blockIdx.x); t < scheduler.num_tiles;) {
       const typename Loop::Work w = tile(t);
       if (w.has_rows()) {
-        const float sink = p.sinks ? p.sinks[w.head] : -INFINITY;
         if (w.has_keys()) {
           Tensor o =
               partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{});
           constexpr int kRows = decltype(size<0>(make_tensor(o.data(), rowcol_layout(o.layout()))))::value;
           OnlineSoftmax<kRows> softmax(score_to_log2);
           Loop::consume(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread_idx, o, softmax);
-          float o_scale[kRows], lse[kRows];
+          float sink[kRows], o_scale[kRows], lse[kRows];
+          Epilogue<Traits>::row_sinks(p, w, thread_idx, sink);
           softmax.finalize(sink, o_scale, lse);
           Epilogue<Traits>::store(p, args.tma, smem, w, thread_idx, o, o_scale, lse);
-          if constexpr (Traits::kOInQ) pipe_q.consumer_release(q_state);  // O was staged in Q's bytes
+          if constexpr (Traits::kOInQ) {
+            // O was staged in Q's bytes, and one thread of the group releases them: every thread
+            // of the group has read its O rows first (16-byte stores; with a TMA store, the
+            // releasing thread is the issuer and has waited for it). Here rather than inside the
+            // epilogue's branch, where the barrier cost the d256 consumers ~200 bytes of spills.
+            cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
+            pipe_q.consumer_release(q_state);
+          }
           ++q_state;
         } else {
-          Epilogue<Traits>::store_empty(p, w, thread_idx, sink);
+          Epilogue<Traits>::store_empty(p, w, thread_idx);
         }
       }
       smem.tile_full.wait(handoffs & 1);

@@ -72,11 +72,15 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
 
   const cudaError_t err = opt_in_shared_memory<&fwd_kernel<Traits>, Traits::kSmemBytes>();
   if (err != cudaSuccess) return err;
-  const int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
-  const int64_t tiles = m_blocks * p.num_heads * p.batch;
+  // Tiles of kBlockM rows per (head, batch row); with pack_gqa per (KV head, batch row), whose
+  // rows are the queries of the KV group's heads.
+  const int group = p.pack_gqa ? p.num_heads / p.num_heads_k : 1;
+  const int units = p.pack_gqa ? p.num_heads_k : p.num_heads;
+  const int64_t m_blocks = (int64_t(p.seqlen_q) * group + Traits::kBlockM - 1) / Traits::kBlockM;
+  const int64_t tiles = m_blocks * units * p.batch;
   if (tiles == 0) return cudaSuccess;
   if (tiles > INT32_MAX - 2 * 1024) return cudaErrorInvalidValue;  // tile indices are 32-bit
-  const TileScheduler scheduler(int(m_blocks), p.num_heads, p.batch, p.tile_counter);
+  const TileScheduler scheduler(int(m_blocks), units, p.batch, p.tile_counter);
   // Persistent: one CTA per SM (the tile uses the whole shared memory), each walking the tiles;
   // sm_margin SMs stay free (at least one CTA runs).
   const dim3 grid(unsigned(std::min<int64_t>(tiles, std::max(p.num_sms - p.sm_margin, 1))));
@@ -97,7 +101,7 @@ constexpr DType dtype_of() {
 }
 
 // Registers the Hopper prefill kernel of (ELEMENT, HEAD_DIM, HEAD_DIM_V) when the library loads
-// (this family has no few-row tiles: decode and short queries run on the portable family).
+// (this family has no few-row tiles: decode and GQA-packed short queries run on the portable family).
 #define SGL_FA3_REGISTER_SM90_FWD(ELEMENT, HEAD_DIM, HEAD_DIM_V)                                                  \
   static const ::sgl_fa3::FwdRegistration sgl_fa3_sm90_fwd_registration{                                        \
       ::sgl_fa3::KernelKey{::sgl_fa3::Family::kSm90, ::sgl_fa3::sm90::dtype_of<ELEMENT>(), HEAD_DIM, HEAD_DIM_V}, \

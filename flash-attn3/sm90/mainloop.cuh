@@ -112,14 +112,19 @@ struct Mainloop {
     return smem.q.data() + q_state.index() * Traits::kQElems;
   }
 
-  // The tile's Q into the next Q buffer (TMA, issued by thread 0; every caller acquires).
+  // The tile's Q into the next Q buffer: one TMA box issued by thread 0 (every caller acquires),
+  // or with packed GQA rows the producer warp group's gather (every thread of it calls).
   static __device__ void load_q(const FwdParams& p, const TmaDescriptors<Traits>& tma,
                                 typename Traits::SharedStorage& smem, const Work& w, QPipeline& pipe_q,
                                 QState& q_state, int thread) {
+    if (p.pack_gqa) {
+      gather_q(p, smem, w, pipe_q, q_state, thread);
+      return;
+    }
     Tensor mQ = tma.q.get_tma_tensor(make_shape(p.q_tensor_rows, int(kD), p.num_heads, p.q_tensor_batch));
     const int q_batch = p.cu_seqlens_q ? 0 : w.batch;
     // (kBlockM, kD) tile of Q.
-    Tensor gQ = local_tile(domain_offset(make_coord(w.seq.q_start, _0{}), mQ(_, _, w.head, q_batch)),
+    Tensor gQ = local_tile(domain_offset(make_coord(w.seq.q_start, _0{}), mQ(_, _, w.head0, q_batch)),
                            Shape<Int<kBlockM>, Int<kD>>{}, make_coord(w.m_block, _0{}));
     pipe_q.producer_acquire(q_state);
     Tensor sQ = make_tensor(make_smem_ptr(q_buffer(smem, q_state)), typename Traits::SmemLayoutQ{});
@@ -128,11 +133,12 @@ struct Mainloop {
     ++q_state;
   }
 
-  // Run by the 32 lanes of the producer warp for each tile with keys; lane 0 issues the copies.
+  // Run for each tile with keys by the producer warp (or the whole producer warp group when it
+  // gathers Q); thread 0 issues the K/V copies.
   static __device__ void produce(const FwdParams& p, const TmaDescriptors<Traits>& tma,
                                  typename Traits::SharedStorage& smem, const Work& w, QPipeline& pipe_q,
                                  QState& q_state, Pipeline& pipe_k, Pipeline& pipe_v, PipelineState& state,
-                                 int lane) {
+                                 int thread) {
     const auto gmem_shape = [](int rows, int dim, int heads, int batch) { return make_shape(rows, dim, heads, batch); };
     Tensor mK = tma.k.get_tma_tensor(gmem_shape(p.k_tensor_rows, kD, p.num_heads_k, p.k_tensor_batch));
     Tensor mV = tma.v.get_tma_tensor(gmem_shape(p.k_tensor_rows, kDV, p.num_heads_k, p.k_tensor_batch));
@@ -153,18 +159,18 @@ struct Mainloop {
 
     auto load_kv = [&](int n) {
       pipe_k.producer_acquire(state);
-      if (lane == 0) copy(tma.k.with(*pipe_k.producer_get_barrier(state), 0), tKg(_, n), tKs(_, state.index()));
+      if (thread == 0) copy(tma.k.with(*pipe_k.producer_get_barrier(state), 0), tKg(_, n), tKs(_, state.index()));
       pipe_v.producer_acquire(state);
-      if (lane == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(state), 0), tVg(_, n), tVs(_, state.index()));
+      if (thread == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(state), 0), tVg(_, n), tVs(_, state.index()));
       ++state;
     };
     // With two Q buffers Q goes first (its buffer was freed a tile ago). With one, the first
     // K/V block streams in while the consumers finish the previous tile, and Q waits until they
     // no longer read the previous Q (nor, when O lives in Q's bytes, the previous O).
     int n = w.n_block_max - 1;
-    if constexpr (Traits::kQStages > 1) load_q(p, tma, smem, w, pipe_q, q_state, lane);
+    if constexpr (Traits::kQStages > 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
     load_kv(n);
-    if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, lane);
+    if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
     for (--n; n >= w.n_block_min; --n) load_kv(n);
   }
 
@@ -224,35 +230,71 @@ struct Mainloop {
     return rows;
   }
 
-  // Copies the rows into the stage tile at shared address s_tile (kCols columns).
-  template <int kCols>
-  static __device__ void copy_rows(const SourceRows& rows, const Element* base, uint32_t s_tile, int warp,
-                                   int lane) {
+  // Where one lane's 16-byte copies land in a K-major swizzled (kTileRows, kCols) tile: row
+  // 8 g + lane % 8 of row group g, chunks 4 c + lane / 8 (c = 0 .. kCols / 32 - 1).
+  template <int kCols, int kTileRows>
+  struct GatherDst {
     using Atom = decltype(k_major_atom<Element, kCols>());
-    constexpr int kAtomCols = decltype(size<1>(Atom{}))::value;  // 64: 128-byte swizzle, 32: 64-byte
+    static constexpr int kAtomCols = decltype(size<1>(Atom{}))::value;  // 64: 128-byte swizzle, 32: 64-byte
     static_assert((kAtomCols == 64 || kAtomCols == 32) && kCols % 32 == 0,
                   "gathered tiles: 128- or 64-byte swizzled rows, whole 64-byte chunk groups");
-    constexpr int kAtomChunks = kAtomCols / 8;
-    const int r = lane % 8, q = lane / 8;
-    // The atom XORs the 16-byte chunk index within its row by r (128-byte) or (r / 2) % 4 (64-byte).
-    const int t = q ^ (kAtomCols == 64 ? r : (r >> 1) & 3);
-    // Byte offsets within the stage of (row r, chunk 4 c + q) for even / odd c within an atom row.
-    const uint32_t dst_even = s_tile + 2 * (r * kAtomCols + t * 8);
-    const uint32_t dst_odd = s_tile + 2 * (r * kAtomCols + (t ^ 4) * 8);
-#pragma unroll
-    for (int j = 0; j < kGroupsPerWarp; ++j) {
-      const int g = warp + 4 * j;
-      if (kRowGroups % 4 != 0 && g >= kRowGroups) break;
-      const Element* src = rows.src[j] ? rows.src[j] : base;
-      const int src_size = rows.src[j] ? 16 : 0;
-      // (kBlockN, kAtomCols) atoms stack column block after column block.
+    static_assert(kTileRows % 8 == 0, "gathered tiles are whole groups of 8 rows");
+    static constexpr int kAtomChunks = kAtomCols / 8;
+    uint32_t dst_even, dst_odd;  // byte offsets of (row r, chunk 4 c + q) for even / odd c within an atom row
+
+    __device__ GatherDst(uint32_t s_tile, int lane) {
+      const int r = lane % 8, q = lane / 8;
+      // The atom XORs the 16-byte chunk index within its row by r (128-byte) or (r / 2) % 4 (64-byte).
+      const int t = q ^ (kAtomCols == 64 ? r : (r >> 1) & 3);
+      dst_even = s_tile + 2 * (r * kAtomCols + t * 8);
+      dst_odd = s_tile + 2 * (r * kAtomCols + (t ^ 4) * 8);
+    }
+    // The lane's chunks of its row of group g from src (the lane's first chunk); src_size 0 writes zeros.
+    __device__ __forceinline__ void copy_group(int g, const Element* src, int src_size) const {
+      // (kTileRows, kAtomCols) atoms stack column block after column block.
       each_index(std::make_integer_sequence<int, kCols / 32>{}, [&](auto c) {
         constexpr int kFirstChunk = 4 * decltype(c)::value;
-        constexpr int kColumnBlockBytes = 2 * (kFirstChunk / kAtomChunks) * kBlockN * kAtomCols;
+        constexpr int kColumnBlockBytes = 2 * (kFirstChunk / kAtomChunks) * kTileRows * kAtomCols;
         const uint32_t dst = (kFirstChunk % kAtomChunks == 0 ? dst_even : dst_odd) + g * (2 * 8 * kAtomCols);
         copy16<2 * 8 * kFirstChunk, kColumnBlockBytes>(dst, src, src_size);
       });
     }
+  };
+
+  // Copies the rows into the stage tile at shared address s_tile (kCols columns).
+  template <int kCols>
+  static __device__ void copy_rows(const SourceRows& rows, const Element* base, uint32_t s_tile, int warp,
+                                   int lane) {
+    const GatherDst<kCols, kBlockN> dst(s_tile, lane);
+#pragma unroll
+    for (int j = 0; j < kGroupsPerWarp; ++j) {
+      const int g = warp + 4 * j;
+      if (kRowGroups % 4 != 0 && g >= kRowGroups) break;
+      dst.copy_group(g, rows.src[j] ? rows.src[j] : base, rows.src[j] ? 16 : 0);
+    }
+  }
+
+  // Packed GQA: tile row r is query r / group of head head0 + r % group, so its rows come from
+  // group heads and no TMA box spans them. The 128 producer threads gather them with cp.async
+  // (rows in groups of 8 as for paged K/V; rows that do not attend are zero-filled), and each
+  // thread arrives on the Q buffer's full barrier once its copies have landed.
+  static __device__ void gather_q(const FwdParams& p, typename Traits::SharedStorage& smem, const Work& w,
+                                  QPipeline& pipe_q, QState& q_state, int thread) {
+    static_assert(kBlockM % 32 == 0, "each producer warp copies whole groups of 8 rows");
+    const int warp = thread / 32, lane = thread % 32;
+    const Element* q_base = static_cast<const Element*>(p.q) + w.seq.q_offset + lane / 8 * 8;
+    pipe_q.producer_acquire(q_state);
+    const GatherDst<kD, kBlockM> dst(cast_smem_ptr_to_uint(q_buffer(smem, q_state)), lane);
+#pragma unroll 1  // one row's address at a time: the producer runs on 24 registers
+    for (int j = 0; j < kBlockM / 32; ++j) {
+      const int g = warp + 4 * j, r = w.row0 + 8 * g + lane % 8;
+      const bool valid = r <= w.last_used;
+      const Element* src = valid ? q_base + int64_t(w.query(r)) * p.q_row_stride + int64_t(w.head(r)) * p.q_head_stride
+                                 : q_base;
+      dst.copy_group(g, src, valid ? 16 : 0);
+    }
+    cutlass::arch::cpasync_barrier_arrive_noinc(pipe_q.producer_get_barrier(q_state));
+    ++q_state;
   }
 
   // K runs a block ahead of V, as the consumers use them (Q K_n^T next to P_{n+1} V_{n+1}): K_n
@@ -301,6 +343,8 @@ struct Mainloop {
 
   // Paged K/V are gathered with cp.async (no TMA box spans scattered rows).
   static __host__ __device__ bool gathers(const FwdParams& p) { return p.page_table != nullptr; }
+  // Every producer thread copies rows (paged K/V or packed GQA Q); otherwise one warp issues TMA.
+  static __host__ __device__ bool whole_producer_group(const FwdParams& p) { return gathers(p) || p.pack_gqa; }
 
   // Whether the consumer groups take turns issuing their wgmmas. Not over gathered (paged) K/V:
   // a V stage frees only when every group has used it, and the groups' half-block offset would
@@ -406,6 +450,7 @@ struct Mainloop {
     };
 
     pipe_q.consumer_wait(q_state);
+    if (p.pack_gqa) cutlass::arch::fence_view_async_shared();  // Q rows written by cp.async
     PipelineState state_v = state;
     float o_scale[kRows];
     bool first_pv = true;

@@ -79,11 +79,13 @@ struct OnlineSoftmax {
   }
 
   // Final per-row output scale exp(m - m') / (sum exp(m - m') + exp(sink - m')), m' = max(m, sink),
-  // and LSE = m' + log(...) in natural-log units, with the sink (a logit, -inf when none) folded in.
-  __device__ __forceinline__ void finalize(float sink, float (&o_scale)[kRows], float (&lse)[kRows]) {
+  // and LSE = m' + log(...) in natural-log units, with each row's sink (a logit, -inf when none)
+  // folded in.
+  __device__ __forceinline__ void finalize(const float (&sinks)[kRows], float (&o_scale)[kRows], float (&lse)[kRows]) {
     constexpr float kLn2 = 0.6931471805599453f;
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
+      const float sink = sinks[i];
       const float sum = quad_sum(row_sum[i]);
       const float m_nat = row_max[i] == -INFINITY ? -INFINITY : row_max[i] * score_to_log2 * kLn2;
       const float m_all = fmaxf(m_nat, sink);

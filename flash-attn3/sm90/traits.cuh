@@ -31,16 +31,17 @@ constexpr auto k_major_atom() {
   else return GMMA::Layout_K_SW32_Atom<Element>{};
 }
 
-// Warp-group roles: group 0 produces (one thread issues every TMA; with paged k/v all 128 threads
-// also gather K/V rows with cp.async), groups 1.. consume (each owns 64 query rows of the tile).
+// Warp-group roles: group 0 produces (one thread issues every TMA; with paged k/v or packed GQA
+// rows all 128 threads also gather K/V or Q rows with cp.async), groups 1.. consume (each owns 64
+// query rows of the tile).
 enum class Role : int { kProducer = 0, kConsumer = 1 };
 constexpr int kProducerThreads = 128;
 
 // Named hardware barriers (ids after the ones CUTLASS reserves; at most 8).
 enum class BarrierId : int {
-  kEpilogue = 0,   // + consumer group: the group's O rows are in shared memory
+  kEpilogue = 0,   // + consumer group: the group's O rows are in shared memory (or, staged in Q's bytes, read)
   kScheduler = 3,  // + consumer group: the group's turn to issue its wgmmas
-  kProducer = 6,   // the producer warp group passes the next tile index around (paged k/v)
+  kProducer = 6,   // the producer warp group passes the next tile index around (paged k/v, packed GQA)
   kVTail = 7,      // every consumer thread: V rows past the last key are zeroed
 };
 
