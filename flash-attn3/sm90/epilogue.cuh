@@ -116,7 +116,8 @@ struct Epilogue {
     for (int c = t; c < 64 * kChunksPerRow; c += 128) {
       const int r = group * 64 + c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
       const int row = w.row0 + r;
-      if (row <= w.last_row) *reinterpret_cast<uint4*>(o_row(p, w, row) + col) = *reinterpret_cast<const uint4*>(&sO(r, col));
+      if (row <= w.last_row)
+        *reinterpret_cast<uint4*>(o_row(p, w, row) + col) = *reinterpret_cast<const uint4*>(&sO(r, col));
     }
   }
 

@@ -33,8 +33,8 @@ struct KernelArgs {
 };
 
 // A pipeline filled by TMA: thread 0 (the producer warp's lane 0) arms its barriers with the
-// transaction bytes. One filled by cp.async (paged K/V, packed GQA Q): no thread arms it, each of the 128
-// producer threads arrives once its copies have landed. All consumer threads release.
+// transaction bytes. One filled by cp.async (paged K/V, packed GQA Q): no thread arms it, each
+// of the 128 producer threads arrives once its copies have landed. All consumer threads release.
 template <class Pipeline, class Traits>
 __device__ typename Pipeline::Params pipeline_params(Role role, uint32_t transaction_bytes, bool cp_async = false) {
   typename Pipeline::Params params;
