@@ -79,7 +79,8 @@ def test_pack_gqa(fa3, dtype, dims, causal, heads, seqlens):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_pack_gqa_by_default_for_short_chunks(fa3, causal):
-    """pack_gqa=None packs a short chunk over a long cache (96 queries x 4 heads per KV head)."""
+    """pack_gqa=None packs a short chunk over a long cache (96 queries x 4 heads per KV head): the
+    same tiles, bit for bit, as pack_gqa=True."""
     torch.manual_seed(4)
     b, sq, sk, h, h_k, d = 3, 96, 2000, 32, 8, 128
     q, k, v = randn(b, sq, h, d, dtype=torch.bfloat16), randn(b, sk, h_k, d, dtype=torch.bfloat16), randn(
@@ -87,6 +88,70 @@ def test_pack_gqa_by_default_for_short_chunks(fa3, causal):
     out = poisoned_like((b, sq, h, d), torch.bfloat16, "cuda")
     got, lse = fa3.flash_attn_func(q, k, v, causal=causal, return_softmax_lse=True, out=out)
     check(fa3, "short chunk", got, lse, q, k, v, causal=causal)
+    packed, packed_lse = fa3.flash_attn_func(q, k, v, causal=causal, return_softmax_lse=True, pack_gqa=True)
+    assert torch.equal(got, packed) and torch.equal(lse, packed_lse)
+
+
+@pytest.mark.parametrize("heads", [(64, 1), (160, 2)])
+@pytest.mark.parametrize("seqlens", [(3, 500), (40, 333)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_pack_gqa_groups_larger_than_a_tile(fa3, heads, seqlens, causal):
+    """64 and 80 heads per KV head: one tile holds one or two queries' heads, or part of one."""
+    torch.manual_seed(hash((heads, seqlens, causal)) % 2**31)
+    (h, h_k), (sq, sk), b, d = heads, seqlens, 2, 128
+    q, k, v = randn(b, sq, h, d, dtype=torch.bfloat16), randn(b, sk, h_k, d, dtype=torch.bfloat16), randn(
+        b, sk, h_k, d, dtype=torch.bfloat16)
+    sinks = torch.randn(h, device="cuda")
+    out = poisoned_like((b, sq, h, d), torch.bfloat16, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, sinks=sinks, return_softmax_lse=True, out=out,
+                                   pack_gqa=True)
+    check(fa3, "large group", got, lse, q, k, v, causal=causal, sinks=sinks)
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_pack_gqa_kvcache_append(fa3, rotary):
+    """A short chunk appended in place (dense cache, cache_batch_idx, and cache_leftpad or rotary)
+    and attended with packed heads; cache slots past the keys hold NaN and never reach the result."""
+    torch.manual_seed(17 + rotary)
+    b, rows, capacity, h, h_k, d, sq, dtype = 3, 5, 512, 32, 8, 128, 24, torch.bfloat16
+    cache_lens, leftpad = [0, 37, 300], [0, 0, 0] if rotary else [0, 10, 290]
+    k_cache, v_cache = randn(rows, capacity, h_k, d, dtype=dtype), randn(rows, capacity, h_k, d, dtype=dtype)
+    cache_rows = ints([4, 0, 2])
+    for b_row, row in enumerate([4, 0, 2]):
+        k_cache[row, cache_lens[b_row] + sq:] = float("nan")
+        v_cache[row, cache_lens[b_row] + sq:] = float("nan")
+    k0, v0 = k_cache.clone(), v_cache.clone()
+    k_new, v_new = randn(b, sq, h_k, d, dtype=dtype), randn(b, sq, h_k, d, dtype=dtype)
+    extra = {}
+    if rotary:
+        angles = torch.rand(1024, 32, device="cuda") * 6.28
+        extra = dict(rotary_cos=angles.cos().to(dtype), rotary_sin=angles.sin().to(dtype), rotary_interleaved=False)
+    seqlens = ints(cache_lens)
+    q = randn(b, sq, h, d, dtype=dtype)
+    out = poisoned_like((b, sq, h, d), dtype, "cuda")
+    got, lse = fa3.flash_attn_with_kvcache(
+        q, k_cache, v_cache, k_new, v_new, cache_seqlens=seqlens, cache_batch_idx=cache_rows,
+        cache_leftpad=ints(leftpad), causal=True, return_softmax_lse=True, out=out, pack_gqa=True, **extra,
+    )
+    ref = check(fa3, "packed append", got, lse, q, torch.nan_to_num(k0), torch.nan_to_num(v0), seqused_k=seqlens,
+                k_new=k_new, v_new=v_new, cache_batch_idx=cache_rows, cache_leftpad=ints(leftpad), causal=True,
+                **extra)
+    written = [(row, slice(n, n + sq)) for row, n in zip([4, 0, 2], cache_lens)]
+    for row, slots in written:
+        torch.testing.assert_close(k_cache[row, slots], ref.k_cache[row, slots], rtol=2**-7, atol=1e-3)
+        torch.testing.assert_close(v_cache[row, slots], ref.v_cache[row, slots], rtol=0, atol=0)
+
+
+def test_pack_gqa_strided_q(fa3):
+    """q, k and v as views into one fused projection (only the last dim contiguous), heads packed."""
+    torch.manual_seed(10)
+    b, sq, sk, h, h_k, d = 2, 50, 400, 12, 4, 128
+    qkv = randn(b, sq, h + 2 * h_k, d, dtype=torch.bfloat16)
+    q = qkv[:, :, :h]
+    k, v = randn(b, sk, h_k, d, dtype=torch.bfloat16), randn(b, sk, h_k, d, dtype=torch.bfloat16)
+    out = poisoned_like((b, sq, h, d), torch.bfloat16, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, causal=True, return_softmax_lse=True, out=out, pack_gqa=True)
+    check(fa3, "strided packed", got, lse, q, k, v, causal=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -194,7 +259,8 @@ def test_varlen_seqused(fa3, dtype, causal, pack_gqa):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_varlen_many_sequences(fa3, causal):
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_varlen_many_sequences(fa3, causal, pack_gqa):
     """Hundreds of tiles per CTA of the persistent grid, mixing tiles with and without keys."""
     gen = torch.Generator().manual_seed(21)
     n = 400
@@ -205,7 +271,7 @@ def test_varlen_many_sequences(fa3, causal):
     q, k, v = randn(sum(lq), h, d, dtype=dtype), randn(sum(lk), h_k, d, dtype=dtype), randn(sum(lk), h_k, d, dtype=dtype)
     out = poisoned_like((sum(lq), h, d), dtype, "cuda")
     got, lse = fa3.flash_attn_varlen_func(
-        q, k, v, cu_q, cu_k, max(lq), max(lk), causal=causal, return_softmax_lse=True, out=out
+        q, k, v, cu_q, cu_k, max(lq), max(lk), causal=causal, return_softmax_lse=True, out=out, pack_gqa=pack_gqa
     )
     check(fa3, "many", got, lse, q, k, v, causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
 
@@ -374,12 +440,14 @@ def test_repeatable_bitwise(fa3):
 
 
 @pytest.mark.parametrize("sm_margin", [1, 100, 10_000])
-def test_sm_margin_shrinks_the_grid_not_the_result(fa3, sm_margin):
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_sm_margin_shrinks_the_grid_not_the_result(fa3, sm_margin, pack_gqa):
     """The persistent grid leaves sm_margin SMs free (down to one CTA); tiles are the same work."""
     torch.manual_seed(2)
-    q, k, v = (randn(2, 1000, 4, 128, dtype=torch.bfloat16) for _ in range(3))
-    full = fa3.flash_attn_func(q, k, v, causal=True)
-    assert torch.equal(fa3.flash_attn_func(q, k, v, causal=True, sm_margin=sm_margin), full)
+    q = randn(2, 1000, 8, 128, dtype=torch.bfloat16)
+    k, v = (randn(2, 1000, 2, 128, dtype=torch.bfloat16) for _ in range(2))
+    full = fa3.flash_attn_func(q, k, v, causal=True, pack_gqa=pack_gqa)
+    assert torch.equal(fa3.flash_attn_func(q, k, v, causal=True, sm_margin=sm_margin, pack_gqa=pack_gqa), full)
 
 
 def test_sm90_request_refuses_what_it_cannot_run(fa3):

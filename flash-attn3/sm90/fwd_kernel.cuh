@@ -132,10 +132,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
           softmax.finalize(sink, o_scale, lse);
           Epilogue<Traits>::store(p, args.tma, smem, w, thread_idx, o, o_scale, lse);
           if constexpr (Traits::kOInQ) {
-            // O was staged in Q's bytes, and one thread of the group releases them: every thread
-            // of the group has read its O rows first (16-byte stores; with a TMA store, the
-            // releasing thread is the issuer and has waited for it). Here rather than inside the
-            // epilogue's branch, where the barrier cost the d256 consumers ~200 bytes of spills.
+            // O was staged in Q's bytes: the group has read its O rows (16-byte stores) or its
+            // TMA store has (the issuer waited) before Q is released. Every consumer thread also
+            // arrives on the empty barrier after its own reads (one-CTA cluster), so the barrier
+            // is a second guarantee; inside the epilogue's branch it cost the d256 consumers ~200
+            // bytes of spills, here nothing measurable.
             cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
             pipe_q.consumer_release(q_state);
           }

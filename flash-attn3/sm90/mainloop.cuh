@@ -1,8 +1,9 @@
 // Hopper main loop: TMA loads (producer) and wgmma + online softmax (consumers).
 //
-// Producer (one thread): Q into the next of its kQStages buffers, then for key blocks n = n_max - 1
-// down to n_min, K_n and V_n into the next stage of their own pipelines (K and V are separate so Q K^T of a block can start before
-// its V has landed). Blocks are walked high to low: the causal / window edge comes first, so only
+// Producer: Q into the next of its kQStages buffers (TMA from one thread, or the producer warp
+// group's gather of packed GQA rows), then for key blocks n = n_max - 1 down to n_min, K_n and V_n
+// into the next stage of their own pipelines (TMA from one thread, or the warp group's gather of
+// paged rows; K and V are separate so Q K^T of a block can start before its V has landed). Blocks are walked high to low: the causal / window edge comes first, so only
 // the first and last few blocks take the per-element mask.
 //
 // Consumer warp group g (rows 64 g .. 64 g + 63 of the tile), per key block, software-pipelined:
@@ -178,7 +179,7 @@ struct Mainloop {
   // page_size], so a block's rows are scattered and no TMA box spans them. The 128 producer
   // threads gather each block with 16-byte cp.async copies instead, and each thread arrives on
   // the stage's full barrier when its copies land (the pipelines expect kProducerThreads
-  // arrivals). Q still arrives by TMA from thread 0.
+  // arrivals). Q arrives by TMA from thread 0, or gathered likewise when GQA heads are packed.
   //
   // Rows go in groups of 8: warp w copies groups w, w + 4, ...; lane l copies row 8 g + l % 8,
   // 16-byte chunks 4 c + l / 8 (c = 0 .. cols / 32 - 1), so a warp access is 8 rows x 64

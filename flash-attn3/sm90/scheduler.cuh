@@ -3,9 +3,9 @@
 // One CTA per SM. CTA i starts with tile i; every further tile comes from a global counter
 // (gridDim + atomicAdd), so CTAs that drew short tiles draw more: the work balances itself
 // whatever the mask. Tile t is m_block m_blocks - 1 - t % m_blocks of the (head, batch row) pair
-// t / m_blocks: the tiles of one pair run together and share its K/V in L2, and within a pair the
-// longest (causal) tiles come first. Varlen tiles past a sequence's end are skipped by every role
-// alike (TileWork::has_rows).
+// t / m_blocks (the head is a KV head with pack_gqa): the tiles of one pair run together and
+// share its K/V in L2, and within a pair the longest (causal) tiles come first. Varlen tiles past
+// a sequence's end are skipped by every role alike (TileWork::has_rows).
 #pragma once
 
 #include <cutlass/fast_math.h>
