@@ -24,9 +24,9 @@ DTYPES = [torch.float16, torch.bfloat16]
 # (d, dv) pairs of the Hopper family (_instantiations.SM90_HEAD_DIM_PAIRS).
 PAIRS = [(64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)]
 HEADS = [(3, 3), (6, 2), (5, 1)]
-# More than a decode's worth of query rows (decode tiles stay on the portable family). test_dense
-# asks for pack_gqa=False (one head per tile): with packing, 17 queries x 3 heads would be a
-# short-query tile, which stays portable too; test_pack_gqa covers packed tiles.
+# More than a decode's worth of query rows (decode tiles stay on the portable family). The
+# unpacked cases ask for pack_gqa=False (one head per tile): with packing, 17 queries x 3 heads
+# would be a short-query tile, which stays portable too.
 SEQLENS = [(17, 1), (113, 203), (128, 217), (300, 128), (1023, 1024)]
 # GQA groups for packed tiles: 3 and 5 heads per KV head (a tile row's head is row % group, and
 # groups of 8 rows mix heads), 8 (a typical server model), and every packed row count > 64
@@ -48,33 +48,27 @@ def check(fa3, name, out, lse, q, k, v, factor=2.0, **ref_kwargs):
     return check_against_ref(fa3, name, out, lse, ref_kwargs, q, k, v, factor)
 
 
-def check_dense(fa3, name, dtype, dims, causal, heads, seqlens, pack_gqa):
-    torch.manual_seed(hash((name, str(dtype), dims, causal, heads, seqlens)) % 2**31)
-    (d, dv), (h, h_k), (sq, sk) = dims, heads, seqlens
-    b = 2
+# (heads, seqlens, pack_gqa): one head per tile over the full grid, then packed tiles.
+DENSE_CASES = [(hd, sl, False) for hd in HEADS for sl in SEQLENS] + [
+    (hd, sl, True) for hd in PACK_HEADS for sl in PACK_SEQLENS
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dims", PAIRS, ids=[f"d{d}-{dv}" for d, dv in PAIRS])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("case", DENSE_CASES, ids=[f"h{h}-{hk}-s{sq}-{sk}-{'pack' if pk else 'heads'}"
+                                                   for (h, hk), (sq, sk), pk in DENSE_CASES])
+def test_dense(fa3, dtype, dims, causal, case):
+    """Dense q/k/v; with pack_gqa the heads of a KV group share the tile rows (row r: query
+    r // group, head r % group)."""
+    (h, h_k), (sq, sk), pack_gqa = case
+    torch.manual_seed(hash((str(dtype), dims, causal, case)) % 2**31)
+    (d, dv), b = dims, 2
     q, k, v = randn(b, sq, h, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype), randn(b, sk, h_k, dv, dtype=dtype)
     out = poisoned_like((b, sq, h, dv), dtype, "cuda")
     got, lse = fa3.flash_attn_func(q, k, v, causal=causal, return_softmax_lse=True, out=out, pack_gqa=pack_gqa)
-    check(fa3, name, got, lse, q, k, v, causal=causal)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("dims", PAIRS, ids=[f"d{d}-{dv}" for d, dv in PAIRS])
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("heads", HEADS)
-@pytest.mark.parametrize("seqlens", SEQLENS)
-def test_dense(fa3, dtype, dims, causal, heads, seqlens):
-    check_dense(fa3, "dense", dtype, dims, causal, heads, seqlens, pack_gqa=False)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("dims", PAIRS, ids=[f"d{d}-{dv}" for d, dv in PAIRS])
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("heads", PACK_HEADS)
-@pytest.mark.parametrize("seqlens", PACK_SEQLENS)
-def test_pack_gqa(fa3, dtype, dims, causal, heads, seqlens):
-    """The heads of a KV group folded into the tile rows (row r: query r // group, head r % group)."""
-    check_dense(fa3, "pack_gqa", dtype, dims, causal, heads, seqlens, pack_gqa=True)
+    check(fa3, "pack_gqa" if pack_gqa else "dense", got, lse, q, k, v, causal=causal)
 
 
 @pytest.mark.parametrize("causal", [False, True])
