@@ -80,6 +80,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (!whole_group && threadIdx.x >= 32) return;  // one warp issues every TMA load
     const int thread = int(threadIdx.x);
+    // Warp-uniform (a shuffle from lane 0 keeps it in a uniform register: the 24-register
+    // producer spills when the branch below reads threadIdx.x directly).
+    const int producer_warp = __shfl_sync(0xffffffff, thread / 32, 0);
     auto state = cutlass::make_producer_start_state<Pipeline>();
     auto q_state = cutlass::make_producer_start_state<typename Traits::QPipeline>();
     int handoffs = 0;
@@ -87,7 +90,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
       const typename Loop::Work w = tile(t);
       if (w.has_rows() && w.has_keys()) {
         if (gather) Loop::produce_gathered(p, args.tma, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread);
-        else Loop::produce(p, args.tma, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread);
+        // TMA K/V with gathered Q rows: warp 0 issues K/V and its part of Q; warps 1-3 only
+        // gather Q (they never arrive on the K/V barriers, so they must not wait on them).
+        else if (producer_warp == 0) Loop::produce(p, args.tma, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread);
+        else Loop::load_q(p, args.tma, smem, w, pipe_q, q_state, thread);
       }
       // Draw the next tile while the consumers work on this one, and publish it to them.
       int next = 0;
@@ -131,15 +137,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
           Epilogue<Traits>::row_sinks(p, w, thread_idx, sink);
           softmax.finalize(sink, o_scale, lse);
           Epilogue<Traits>::store(p, args.tma, smem, w, thread_idx, o, o_scale, lse);
-          if constexpr (Traits::kOInQ) {
-            // O was staged in Q's bytes: the group has read its O rows (16-byte stores) or its
-            // TMA store has (the issuer waited) before Q is released. Every consumer thread also
-            // arrives on the empty barrier after its own reads (one-CTA cluster), so the barrier
-            // is a second guarantee; inside the epilogue's branch it cost the d256 consumers ~200
-            // bytes of spills, here nothing measurable.
-            cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
-            pipe_q.consumer_release(q_state);
-          }
+          // O was staged in Q's bytes: each consumer thread arrives on Q's empty barrier after
+          // its own reads of O (a one-CTA cluster: every consumer thread arrives).
+          if constexpr (Traits::kOInQ) pipe_q.consumer_release(q_state);
           ++q_state;
         } else {
           Epilogue<Traits>::store_empty(p, w, thread_idx);
