@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Representative calls of the Hopper family (every tile shape class: ping-pong groups, three
 groups, O staged in Q's bytes, window, causal, varlen with empty sequences, sinks, paged k/v
-gathered with cp.async, GQA heads packed into the tile rows with Q gathered by cp.async) for
+gathered with cp.async, GQA heads packed into the tile rows with Q gathered by cp.async, the
+absorbed-MLA tile with qv, its groups handing P over through shared memory) for
 running under compute-sanitizer, without the reference (whose host code the tools slow down):
 
     compute-sanitizer --tool racecheck python scripts/sanitize_sm90.py
@@ -63,6 +64,18 @@ def main() -> None:
     fa3.flash_attn_varlen_func(randn(sum(lq), 6, 128), k_pool[..., :128], v_pool[..., :128], cu_seqlens(lq), None,
                                max(lq), 517, seqused_k=torch.tensor([5, 0, 400, 64], dtype=torch.int32, device="cuda"),
                                page_table=table[[0, 1, 2, 2]], causal=True, pack_gqa=True)
+    # Absorbed MLA (qv, dv 512 and 256): one head per tile with the key count ending inside a
+    # block, 128 heads packed on one KV head (Q and Qv gathered), over a paged pool.
+    for dv in (512, 256):
+        q, qv, k, v = randn(2, 150, 4, 64), randn(2, 150, 4, dv), randn(2, 333, 1, 64), randn(2, 333, 1, dv)
+        fa3.flash_attn_func(q, k, v, qv=qv, causal=True)
+        q, qv = randn(2, 3, 128, 64), randn(2, 3, 128, dv)
+        fa3.flash_attn_func(q, k, v, qv=qv, causal=True, pack_gqa=True)
+        k_pool, v_pool = randn(sum(pages), page_size, 1, 64), randn(sum(pages), page_size, 1, dv)
+        lq, used = [2, 3, 3], [300, 0, 517]  # the last pool's table (pages of 8 keys)
+        fa3.flash_attn_varlen_func(randn(sum(lq), 128, 64), k_pool, v_pool, cu_seqlens(lq), None, max(lq), max(used),
+                                   qv=randn(sum(lq), 128, dv), seqused_k=torch.tensor(used, dtype=torch.int32, device="cuda"),
+                                   page_table=table, causal=True, pack_gqa=True)
     torch.cuda.synchronize()
     print("sanitizer calls done")
 

@@ -21,7 +21,7 @@ pytestmark = [
 ]
 
 DTYPES = [torch.float16, torch.bfloat16]
-# (d, dv) pairs of the Hopper family (_instantiations.SM90_HEAD_DIM_PAIRS).
+# (d, dv) pairs of the Hopper family without qv (the absorbed-MLA pairs have their own tests below).
 PAIRS = [(64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)]
 HEADS = [(3, 3), (6, 2), (5, 1)]
 # More than a decode's worth of query rows (decode tiles stay on the portable family). The
@@ -442,6 +442,99 @@ def test_sm_margin_shrinks_the_grid_not_the_result(fa3, sm_margin, pack_gqa):
     k, v = (randn(2, 1000, 2, 128, dtype=torch.bfloat16) for _ in range(2))
     full = fa3.flash_attn_func(q, k, v, causal=True, pack_gqa=pack_gqa)
     assert torch.equal(fa3.flash_attn_func(q, k, v, causal=True, sm_margin=sm_margin, pack_gqa=pack_gqa), full)
+
+
+# Absorbed MLA (qv): d 64 -> dv 256 / 512, S = q k^T + qv v^T, on its own tile (64 rows shared by
+# both consumer groups, each accumulating half of O's columns). (heads, seqlens, pack_gqa): a
+# partial tile and one key, key counts that end inside a block, many tiles; DeepSeek's 128 heads
+# on one KV head packed.
+QV_CASES = [
+    ((3, 3), (17, 1), False), ((4, 4), (113, 203), False), ((2, 1), (300, 128), False),
+    ((2, 2), (1023, 1024), False), ((16, 1), (23, 333), True), ((128, 1), (3, 500), True),
+    ((6, 2), (300, 217), True),
+]
+
+
+def mla_inputs(b, sq, sk, heads, dv, dtype):
+    (h, h_k) = heads
+    return (randn(b, sq, h, 64, dtype=dtype), randn(b, sq, h, dv, dtype=dtype), randn(b, sk, h_k, 64, dtype=dtype),
+            randn(b, sk, h_k, dv, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dv", [256, 512])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("case", QV_CASES, ids=[f"h{h}-{hk}-s{sq}-{sk}-{'pack' if pk else 'heads'}"
+                                                for (h, hk), (sq, sk), pk in QV_CASES])
+def test_absorbed_mla(fa3, dtype, dv, causal, case):
+    heads, (sq, sk), pack_gqa = case
+    torch.manual_seed(hash((str(dtype), dv, causal, case)) % 2**31)
+    q, qv, k, v = mla_inputs(2, sq, sk, heads, dv, dtype)
+    out = poisoned_like((2, sq, heads[0], dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, qv=qv, causal=causal, return_softmax_lse=True, out=out,
+                                   pack_gqa=pack_gqa)
+    check(fa3, "qv", got, lse, q, k, v, qv=qv, causal=causal)
+
+
+QV_FEATURES = [
+    ("window", dict(window_size=(37, 11)), 2.0),
+    ("causal-chunk", dict(causal=True, attention_chunk=96), 2.0),
+    ("softcap", dict(causal=True, softcap=5.0), 3.0),
+    ("sinks", dict(causal=True, sinks="per head"), 2.0),
+    ("scale", dict(softmax_scale=0.05), 2.0),
+]
+
+
+@pytest.mark.parametrize("dv", [256, 512])
+@pytest.mark.parametrize("feature", QV_FEATURES, ids=[f[0] for f in QV_FEATURES])
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_absorbed_mla_features(fa3, dv, feature, pack_gqa):
+    name, kwargs, factor = feature
+    torch.manual_seed(hash((dv, name, pack_gqa)) % 2**31)
+    heads, sq, sk, dtype = (16, 2), 150, 333, torch.bfloat16
+    q, qv, k, v = mla_inputs(2, sq, sk, heads, dv, dtype)
+    if kwargs.get("sinks") == "per head":
+        kwargs = dict(kwargs, sinks=torch.randn(heads[0], device="cuda") * 2)
+    out = poisoned_like((2, sq, heads[0], dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, qv=qv, return_softmax_lse=True, out=out, pack_gqa=pack_gqa, **kwargs)
+    check(fa3, name, got, lse, q, k, v, factor, qv=qv, **kwargs)
+
+
+@pytest.mark.parametrize("dv", [256, 512])
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_absorbed_mla_varlen(fa3, dv, pack_gqa):
+    """Packed sequences with empty and one-token ones; a sequence's last tile ends inside it."""
+    torch.manual_seed(dv + pack_gqa)
+    (lq, lk), h, h_k, dtype = VARLEN_BATCHES[0], 8, 1, torch.float16
+    cu_q, cu_k = cu_seqlens(lq), cu_seqlens(lk)
+    q, qv = randn(sum(lq), h, 64, dtype=dtype), randn(sum(lq), h, dv, dtype=dtype)
+    k, v = randn(sum(lk), h_k, 64, dtype=dtype), randn(sum(lk), h_k, dv, dtype=dtype)
+    out = poisoned_like((sum(lq), h, dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lq), max(lk), qv=qv, causal=True,
+                                          return_softmax_lse=True, out=out, pack_gqa=pack_gqa)
+    check(fa3, "qv varlen", got, lse, q, k, v, qv=qv, causal=True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+
+
+@pytest.mark.parametrize("dv", [256, 512])
+@pytest.mark.parametrize("page_size", [0, 1, 12, 16, 64])
+def test_absorbed_mla_cache(fa3, dv, page_size):
+    """A multi-token step over an MLA cache (128 heads on one latent KV head, packed): dense or
+    paged, with NaN in every slot past the keys (v takes part in the scores here too)."""
+    torch.manual_seed(dv + page_size)
+    b, sq, h, h_k, dtype = 3, 4, 128, 1, torch.bfloat16
+    lengths = [300, 77, 129]
+    if page_size:
+        k_cache, v_cache, table = paged_cache(lengths, page_size, h_k, 64, dv, dtype)
+    else:
+        k_cache, v_cache, table = randn(b, 512, h_k, 64, dtype=dtype), randn(b, 512, h_k, dv, dtype=dtype), None
+    nan_past_the_keys(k_cache, v_cache, lengths, table)
+    seqlens = ints(lengths)
+    q, qv = randn(b, sq, h, 64, dtype=dtype), randn(b, sq, h, dv, dtype=dtype)
+    out = poisoned_like((b, sq, h, dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, qv=qv, cache_seqlens=seqlens, page_table=table,
+                                           causal=True, return_softmax_lse=True, out=out, pack_gqa=True)
+    check(fa3, "qv cache", got, lse, q, torch.nan_to_num(k_cache), torch.nan_to_num(v_cache), qv=qv,
+          seqused_k=seqlens, page_table=table, causal=True)
 
 
 def test_sm90_request_refuses_what_it_cannot_run(fa3):

@@ -284,20 +284,20 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   }
   // The Hopper family runs prefill tiles without split-KV over dense, packed or paged k/v
   // (check_attn_tensor's alignment makes every tensor TMA-addressable; paged rows are
-  // gathered), with or without GQA packing (the planner's choice). Decode and GQA-packed short
-  // queries (memory-bound: the portable few-row tiles read each K/V block once per KV head), qv
-  // and explicit splits stay portable.
+  // gathered), with or without GQA packing (the planner's choice), and absorbed MLA with qv on
+  // its own tile. Decode and GQA-packed short queries (memory-bound: the portable few-row tiles
+  // read each K/V block once per KV head) and explicit splits stay portable.
   const bool few_rows = plan.tile == sgl_fa3::TileKind::kDecode ||
                         (plan.tile == sgl_fa3::TileKind::kShortQuery && plan.pack_gqa);
   const BackendRequest request = backend_request();
   const sgl_fa3::FwdKernels* sm90 =
       device_limits(device).major == 9 ? sgl_fa3::find_fwd({sgl_fa3::Family::kSm90, code, int(head_dim), int(head_dim_v)})
                                        : nullptr;
-  const char* sm90_blocker = sm90 == nullptr                     ? "no Hopper kernel for this GPU / head dims"
-                             : qv.has_value()                    ? "qv"
-                             : few_rows                          ? "a decode-sized query (few rows per KV head)"
-                             : num_splits > 1                    ? "split-KV (num_splits > 1)"
-                                                                 : nullptr;
+  const char* sm90_blocker = sm90 == nullptr                              ? "no Hopper kernel for this GPU / head dims"
+                             : head_dim_v > head_dim && !qv.has_value() ? "v head dim > head dim without qv"
+                             : few_rows                                 ? "a decode-sized query (few rows per KV head)"
+                             : num_splits > 1                           ? "split-KV (num_splits > 1)"
+                                                                        : nullptr;
   STD_TORCH_CHECK(request != BackendRequest::kSm90 || sm90_blocker == nullptr,
                   "SGL_FLASH_ATTN3_BACKEND=sm90 cannot run this call: ", sm90_blocker);
   if (request != BackendRequest::kPortable && sm90_blocker == nullptr) {

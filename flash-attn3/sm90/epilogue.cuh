@@ -2,7 +2,8 @@
 // Each consumer group writes its own 64 rows (no CTA-wide barrier): one thread of the group
 // issues TMA stores of its rows and moves on, or (the rows of a packed sequence's last tile,
 // which a TMA box would carry into the next sequence, and packed GQA rows, which belong to
-// several heads) the group copies them out with 16-byte stores.
+// several heads) the group copies them out with 16-byte stores. On the absorbed-MLA tile each
+// group writes its half of O's columns straight from registers.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -21,7 +22,7 @@ template <class Traits>
 struct Epilogue {
   using Element = typename Traits::Element;
   using Work = TileWork<Traits::kBlockM, Traits::kBlockN>;
-  static constexpr int kBlockM = Traits::kBlockM, kDV = Traits::kDV;
+  static constexpr int kBlockM = Traits::kBlockM, kDV = Traits::kDV, kDVGroup = Traits::kDVGroup;
   static constexpr int kBoxCols = Traits::kOBoxCols;
 
   // Row r of the tile in o: query w.query(r) of head w.head(r).
@@ -54,10 +55,7 @@ struct Epilogue {
     typename Traits::TiledMmaPV mma_pv;
     auto thr = mma_pv.get_thread_slice(thread_idx);
     Tensor o_rc = make_tensor(o.data(), rowcol_layout(o.layout()));
-#pragma unroll
-    for (int i = 0; i < kRows; ++i)
-#pragma unroll
-      for (int j = 0; j < size<1>(o_rc); ++j) o_rc(i, j) *= o_scale[i];
+    scale_rows(o_rc, o_scale);
     Element* o_smem = Traits::kOInQ ? smem.q.data() : smem.o.data();
     Tensor sO = make_tensor(make_smem_ptr(o_smem), typename Traits::SmemLayoutO{});  // (kBlockM, kDV)
     Tensor tOsO = thr.partition_C(sO);
@@ -121,21 +119,49 @@ struct Epilogue {
     }
   }
 
+  // Absorbed-MLA tile: this group's (64, dv / 2) accumulator o times o_scale, two adjacent
+  // columns per 4-byte store (a quad writes 16 contiguous bytes of a row); group 0 also writes
+  // the LSE.
+  template <class FragO, int kRows>
+  static __device__ void store_split_dv(const FwdParams& p, const Work& w, int thread_idx, FragO& o,
+                                        const float (&o_scale)[kRows], const float (&lse)[kRows]) {
+    const int group = thread_idx / 128, t = thread_idx % 128;
+    auto thr = typename Traits::TiledMmaPV{}.get_thread_slice(t);
+    Tensor o_rc = make_tensor(o.data(), rowcol_layout(o.layout()));
+    Tensor coords = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDVGroup>>{}));
+    Tensor coords_rc = make_tensor(coords.data(), rowcol_layout(coords.layout()));
+    cutlass::NumericArrayConverter<Element, float, 2> cvt;
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int row = w.row0 + get<0>(coords_rc(i, 0));
+      if (row > w.last_row) continue;
+      Element* out = o_row(p, w, row) + group * kDVGroup;
+#pragma unroll
+      for (int j = 0; j < size<1>(o_rc); j += 2) {  // columns j, j + 1 of the view are adjacent
+        const cutlass::Array<float, 2> pair{o_rc(i, j) * o_scale[i], o_rc(i, j + 1) * o_scale[i]};
+        *reinterpret_cast<cutlass::Array<Element, 2>*>(out + get<1>(coords_rc(i, j))) = cvt(pair);
+      }
+      if (group == 0 && t % 4 == 0) *lse_entry(p, w, row) = lse[i];
+    }
+  }
+
   // Before the CTA exits: its last TMA stores have read shared memory.
   static __device__ void drain(int thread_idx) {
     if (thread_idx % 128 == 0) tma_store_wait<0>();
   }
 
-  // Rows of a tile that sees no key: O = 0, LSE = the row's sink (-inf without sinks).
+  // Rows of a tile that sees no key: O = 0, LSE = the row's sink (-inf without sinks). Each
+  // group writes its 64 rows, or on the absorbed-MLA tile its half of the columns (group 0 the LSE).
   static __device__ void store_empty(const FwdParams& p, const Work& w, int thread_idx) {
     const int group = thread_idx / 128, t = thread_idx % 128;
-    constexpr int kChunksPerRow = kDV / 8;
+    const int row_base = w.row0 + (Traits::kQv ? 0 : group * 64), col_base = Traits::kQv ? group * kDVGroup : 0;
+    constexpr int kChunksPerRow = kDVGroup / 8;
     for (int c = t; c < 64 * kChunksPerRow; c += 128) {
-      const int row = w.row0 + group * 64 + c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+      const int row = row_base + c / kChunksPerRow, col = col_base + (c % kChunksPerRow) * 8;
       if (row <= w.last_row) *reinterpret_cast<uint4*>(o_row(p, w, row) + col) = uint4{0, 0, 0, 0};
     }
-    const int row = w.row0 + group * 64 + t;
-    if (t < 64 && row <= w.last_row) *lse_entry(p, w, row) = sink_of(p, w, row);
+    const int row = row_base + t;
+    if (t < 64 && row <= w.last_row && (!Traits::kQv || group == 0)) *lse_entry(p, w, row) = sink_of(p, w, row);
   }
 };
 

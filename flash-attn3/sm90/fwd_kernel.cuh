@@ -6,8 +6,9 @@
 // buffers) and of the K/V blocks (kStages-deep) into mbarrier pipelines, running ahead into the
 // next tile while the consumers finish the current one; with paged k/v the whole warp group
 // stays and gathers the K/V rows with cp.async, and with packed GQA rows the Q rows. Warp
-// groups 1..G consume: each takes 64 query rows of the tile, runs the main loop (mainloop.cuh)
-// with the registers the producer gave up, then the epilogue (epilogue.cuh).
+// groups 1..G consume: each takes 64 query rows of the tile (on the absorbed-MLA tile both take
+// the same 64 rows and split O's columns), runs the main loop (mainloop.cuh) with the registers
+// the producer gave up, then the epilogue (epilogue.cuh).
 // Tiles whose rows see no key skip the pipelines: the consumers write their empty rows directly.
 // The producer draws each next tile and hands its index to the consumers through shared memory.
 #pragma once
@@ -46,6 +47,35 @@ __device__ typename Pipeline::Params pipeline_params(Role role, uint32_t transac
   return params;
 }
 
+// One tile of the absorbed-MLA kernel for a consumer thread: group 0 scores and hands P over,
+// group 1 accumulates from it (mainloop.cuh); the final row factors pass the same way, then each
+// group stores its half of O's columns.
+template <class Traits, class QPipeline, class QState, class Pipeline, class PipelineState>
+__device__ void consume_split_dv(const FwdParams& p, typename Traits::SharedStorage& smem,
+                                 const typename Mainloop<Traits>::Work& w, QPipeline& pipe_q, const QState& q_state,
+                                 Pipeline& pipe_k, Pipeline& pipe_v, PipelineState& state, int thread_idx,
+                                 float score_to_log2, int& handoffs) {
+  using Loop = Mainloop<Traits>;
+  const int group = thread_idx / 128, t = thread_idx % 128;
+  Tensor o = partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDVGroup>>{});
+  constexpr int kRows = decltype(size<0>(make_tensor(o.data(), rowcol_layout(o.layout()))))::value;
+  float o_scale[kRows], lse[kRows];
+  if (group == 0) {
+    OnlineSoftmax<kRows> softmax(score_to_log2);
+    Loop::consume_scores(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, t, o, softmax, handoffs);
+    float sink[kRows];
+    Epilogue<Traits>::row_sinks(p, w, t, sink);
+    softmax.finalize(sink, o_scale, lse);
+    Loop::wait_p_empty(smem, handoffs);
+    Loop::pass_factors(smem, o_scale, t, handoffs);
+  } else {
+    Loop::consume_p(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, t, o, handoffs);
+    Loop::take_factors(smem, o_scale, t, handoffs);
+    Loop::release_p(smem);
+  }
+  Epilogue<Traits>::store_split_dv(p, w, thread_idx, o, o_scale, lse);
+}
+
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_constant__ KernelArgs<Traits> args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -62,6 +92,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
   if (threadIdx.x == 0) {
     smem.tile_full.init(1);
     smem.tile_empty.init(Traits::kConsumerThreads);
+    if constexpr (Traits::kQv) {
+      smem.p_full.init(128);
+      smem.p_empty.init(128);
+    }
   }
   using QPipeline = typename Traits::QPipeline;
   QPipeline pipe_q(smem.pipe_q, pipeline_params<QPipeline, Traits>(role, Traits::kBytesQ, p.pack_gqa),
@@ -121,13 +155,26 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     // The last group hands the first wgmma turn to group 0.
     if (Loop::ping_pong_for(p) && group == Traits::kConsumerGroups - 1)
       cutlass::arch::NamedBarrier::arrive(256, int(BarrierId::kScheduler));  // group 0's own + the passer
+    // Absorbed-MLA tile: the P buffer starts empty.
+    if constexpr (Traits::kQv) {
+      if (group == 1) Loop::release_p(smem);
+    }
+    [[maybe_unused]] int p_handoffs = 0;  // absorbed-MLA tile: P handoffs of this thread so far
     typename Loop::PipelineState state;
     typename Loop::QState q_state;
     int handoffs = 0;
     for (int t = int(blockIdx.x); t < scheduler.num_tiles;) {
       const typename Loop::Work w = tile(t);
       if (w.has_rows()) {
-        if (w.has_keys()) {
+        if constexpr (Traits::kQv) {
+          if (w.has_keys()) {
+            consume_split_dv<Traits>(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread_idx, score_to_log2,
+                                     p_handoffs);
+            ++q_state;
+          } else {
+            Epilogue<Traits>::store_empty(p, w, thread_idx);
+          }
+        } else if (w.has_keys()) {
           Tensor o =
               partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{});
           constexpr int kRows = decltype(size<0>(make_tensor(o.data(), rowcol_layout(o.layout()))))::value;

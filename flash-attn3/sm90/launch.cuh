@@ -20,19 +20,24 @@ namespace sgl_fa3::sm90 {
 //   d128:  128 x 128: S + O + P = 64 + 64 + 32 registers per thread next to the addressing.
 //   d192:  kN 96 (112 with dv 128) keeps two stages within the shared memory.
 //   d256:  128 x 80: two stages of 80-key K and V blocks plus Q fill the 227 KB.
+//   64 -> 256 / 512 (absorbed MLA, qv; kQv): 64 rows shared by both groups, each holding half of
+//          O (64 / 128 registers per thread). Q + Qv stay resident (40 / 72 KB); a K/V stage is
+//          kN x (64 + dv): dv 512 fits two stages of 64 keys, dv 256 two of 128.
 // clang-format off
 template <int kD, int kDV> struct Tile;
-template <> struct Tile<64, 64>   { static constexpr int kM = 192, kN = 128, kStages = 2; static constexpr bool kPingPong = true; };
-template <> struct Tile<96, 96>   { static constexpr int kM = 128, kN = 128, kStages = 2; static constexpr bool kPingPong = true; };
-template <> struct Tile<128, 128> { static constexpr int kM = 128, kN = 128, kStages = 2; static constexpr bool kPingPong = true; };
-template <> struct Tile<192, 192> { static constexpr int kM = 128, kN = 96,  kStages = 2; static constexpr bool kPingPong = true; };
-template <> struct Tile<192, 128> { static constexpr int kM = 128, kN = 112, kStages = 2; static constexpr bool kPingPong = true; };
-template <> struct Tile<256, 256> { static constexpr int kM = 128, kN = 80,  kStages = 2; static constexpr bool kPingPong = true; };
+template <> struct Tile<64, 64>   { static constexpr int kM = 192, kN = 128, kStages = 2; static constexpr bool kPingPong = true,  kQv = false; };
+template <> struct Tile<96, 96>   { static constexpr int kM = 128, kN = 128, kStages = 2; static constexpr bool kPingPong = true,  kQv = false; };
+template <> struct Tile<128, 128> { static constexpr int kM = 128, kN = 128, kStages = 2; static constexpr bool kPingPong = true,  kQv = false; };
+template <> struct Tile<192, 192> { static constexpr int kM = 128, kN = 96,  kStages = 2; static constexpr bool kPingPong = true,  kQv = false; };
+template <> struct Tile<192, 128> { static constexpr int kM = 128, kN = 112, kStages = 2; static constexpr bool kPingPong = true,  kQv = false; };
+template <> struct Tile<256, 256> { static constexpr int kM = 128, kN = 80,  kStages = 2; static constexpr bool kPingPong = true,  kQv = false; };
+template <> struct Tile<64, 256>  { static constexpr int kM = 64,  kN = 128, kStages = 2; static constexpr bool kPingPong = false, kQv = true; };
+template <> struct Tile<64, 512>  { static constexpr int kM = 64,  kN = 64,  kStages = 2; static constexpr bool kPingPong = false, kQv = true; };
 // clang-format on
 
 template <typename CudaElement, int kD, int kDV>
 using TraitsFor = Traits<CudaElement, kD, kDV, Tile<kD, kDV>::kM, Tile<kD, kDV>::kN, Tile<kD, kDV>::kStages,
-                         Tile<kD, kDV>::kPingPong>;
+                         Tile<kD, kDV>::kPingPong, Tile<kD, kDV>::kQv>;
 
 // A TMA box cannot have a zero stride; a mode of extent 1 never moves, so any aligned stride does.
 inline int64_t tma_stride(int extent, int64_t stride, int64_t fallback) { return extent == 1 ? fallback : stride; }
@@ -47,16 +52,25 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                                    tma_stride(batch, batch_stride, dim)));
   };
   KernelArgs<Traits> args{p, {}, {}};
-  const auto gO = make_tensor(make_gmem_ptr(static_cast<Element*>(p.o)),
-                              make_shape(p.q_tensor_rows, Traits::kDV, p.num_heads, p.q_tensor_batch),
-                              make_stride(tma_stride(p.q_tensor_rows, p.o_row_stride, Traits::kDV), _1{},
-                                          tma_stride(p.num_heads, p.o_head_stride, Traits::kDV),
-                                          tma_stride(p.q_tensor_batch, p.o_batch_stride, Traits::kDV)));
-  args.tma.o = make_tma_copy(SM90_TMA_STORE{}, gO, typename Traits::SmemLayoutOBox{});
+  if constexpr (!Traits::kQv) {  // the absorbed-MLA tile stores O from registers
+    const auto gO = make_tensor(make_gmem_ptr(static_cast<Element*>(p.o)),
+                                make_shape(p.q_tensor_rows, Traits::kDV, p.num_heads, p.q_tensor_batch),
+                                make_stride(tma_stride(p.q_tensor_rows, p.o_row_stride, Traits::kDV), _1{},
+                                            tma_stride(p.num_heads, p.o_head_stride, Traits::kDV),
+                                            tma_stride(p.q_tensor_batch, p.o_batch_stride, Traits::kDV)));
+    args.tma.o = make_tma_copy(SM90_TMA_STORE{}, gO, typename Traits::SmemLayoutOBox{});
+  }
   args.tma.q = make_tma_copy(SM90_TMA_LOAD{},
                              gmem(p.q, p.q_tensor_rows, Traits::kD, p.num_heads, p.q_tensor_batch, p.q_row_stride,
                                   p.q_head_stride, p.q_batch_stride),
                              typename Traits::SmemLayoutQ{}, Shape<Int<Traits::kBlockM>, Int<Traits::kD>>{}, _1{});
+  if constexpr (Traits::kQv) {
+    if (p.qv == nullptr) return cudaErrorInvalidValue;  // the absorbed-MLA tile needs qv (the binding routes)
+    args.tma.qv = make_tma_copy(SM90_TMA_LOAD{},
+                                gmem(p.qv, p.q_tensor_rows, Traits::kDV, p.num_heads, p.q_tensor_batch,
+                                     p.qv_row_stride, p.qv_head_stride, p.qv_batch_stride),
+                                typename Traits::SmemLayoutQv{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{}, _1{});
+  }
   if (!Mainloop<Traits>::gathers(p)) {  // gathered K/V rows need no K/V descriptors
     args.tma.k = make_tma_copy(SM90_TMA_LOAD{},
                                gmem(p.k, p.k_tensor_rows, Traits::kD, p.num_heads_k, p.k_tensor_batch, p.k_row_stride,

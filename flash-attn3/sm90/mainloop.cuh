@@ -44,7 +44,10 @@ struct TmaDescriptors {
   using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, take<0, 2>(typename Traits::SmemLayoutV{}),
                                       Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{}));
   using TmaO = decltype(make_tma_copy(SM90_TMA_STORE{}, GmemTensorOut{}, typename Traits::SmemLayoutOBox{}));
+  using TmaQv = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, typename Traits::SmemLayoutQv{},
+                                       Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{}, _1{}));
   TmaQ q;
+  TmaQv qv;  // absorbed-MLA tiles only
   TmaK k;
   TmaV v;
   TmaO o;
@@ -67,6 +70,25 @@ __device__ __forceinline__ void wgmma(TiledMma& mma, TensorA& a, const TensorB& 
   warpgroup_commit_batch();
   warpgroup_fence_operand(c);
   if constexpr (kARegs) warpgroup_fence_operand(a);
+}
+
+// C += A B over a long K mode in batches of kSteps k16 steps, one per trip of a loop that is not
+// unrolled: only one trip's operand descriptors are live (fully unrolled, the 32 steps of Qv V^T
+// on dv 512 spill them). Each trip is a whole committed batch: a batch spanning the loop's branch
+// would make ptxas serialize every wgmma of the kernel.
+template <int kSteps, class TiledMma, class TensorA, class TensorB, class TensorC>
+__device__ __forceinline__ void wgmma_accumulate_batches(TiledMma& mma, const TensorA& a, const TensorB& b, TensorC& c) {
+  static_assert(decltype(size<2>(a))::value % kSteps == 0, "whole batches");
+  mma.accumulate_ = GMMA::ScaleOut::One;
+#pragma unroll 1
+  for (int k0 = 0; k0 < size<2>(a); k0 += kSteps) {
+    warpgroup_fence_operand(c);
+    warpgroup_arrive();
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) cute::gemm(mma, a(_, _, k0 + k), b(_, _, k0 + k), c);
+    warpgroup_commit_batch();
+    warpgroup_fence_operand(c);
+  }
 }
 
 // fp32 accumulator fragment -> the same elements in the input dtype, two at a time.
@@ -108,9 +130,12 @@ struct Mainloop {
   static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
   static constexpr int kD = Traits::kD, kDV = Traits::kDV;
 
-  // The shared-memory Q buffer of a Q pipeline stage.
+  // The shared-memory Q buffer of a Q pipeline stage, and (absorbed-MLA tiles) its Qv after it.
   static __device__ Element* q_buffer(typename Traits::SharedStorage& smem, const QState& q_state) {
     return smem.q.data() + q_state.index() * Traits::kQElems;
+  }
+  static __device__ Element* qv_buffer(typename Traits::SharedStorage& smem, const QState& q_state) {
+    return q_buffer(smem, q_state) + cosize_v<typename Traits::SmemLayoutQ>;
   }
 
   // The tile's Q into the next Q buffer: one TMA box issued by thread 0 (every caller acquires),
@@ -131,6 +156,15 @@ struct Mainloop {
     Tensor sQ = make_tensor(make_smem_ptr(q_buffer(smem, q_state)), typename Traits::SmemLayoutQ{});
     auto part_q = tma_partition(tma.q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
     if (thread == 0) copy(tma.q.with(*pipe_q.producer_get_barrier(q_state), 0), get<0>(part_q), get<1>(part_q));
+    if constexpr (Traits::kQv) {  // the same rows of qv, onto the same barrier (kBytesQ counts both)
+      Tensor mQv = tma.qv.get_tma_tensor(make_shape(p.q_tensor_rows, int(kDV), p.num_heads, p.q_tensor_batch));
+      Tensor gQv = local_tile(domain_offset(make_coord(w.seq.q_start, _0{}), mQv(_, _, w.head0, q_batch)),
+                              Shape<Int<kBlockM>, Int<kDV>>{}, make_coord(w.m_block, _0{}));
+      Tensor sQv = make_tensor(make_smem_ptr(qv_buffer(smem, q_state)), typename Traits::SmemLayoutQv{});
+      auto part_qv = tma_partition(tma.qv, _0{}, Layout<_1>{}, group_modes<0, 2>(sQv), group_modes<0, 2>(gQv));
+      if (thread == 0)
+        copy(tma.qv.with(*pipe_q.producer_get_barrier(q_state), 0), get<0>(part_qv), get<1>(part_qv));
+    }
     ++q_state;
   }
 
@@ -283,17 +317,23 @@ struct Mainloop {
                                   QPipeline& pipe_q, QState& q_state, int thread) {
     static_assert(kBlockM % 32 == 0, "each producer warp copies whole groups of 8 rows");
     const int warp = thread / 32, lane = thread % 32;
-    const Element* q_base = static_cast<const Element*>(p.q) + w.seq.q_offset + lane / 8 * 8;
     pipe_q.producer_acquire(q_state);
-    const GatherDst<kD, kBlockM> dst(cast_smem_ptr_to_uint(q_buffer(smem, q_state)), lane);
+    // The rows of one tensor (q, or qv with kCols = dv) into the shared tile at s_tile.
+    const auto gather = [&](auto cols, const void* tensor, int64_t offset, int64_t row_stride, int64_t head_stride,
+                            Element* s_tile) {
+      const Element* base = static_cast<const Element*>(tensor) + offset + lane / 8 * 8;
+      const GatherDst<decltype(cols)::value, kBlockM> dst(cast_smem_ptr_to_uint(s_tile), lane);
 #pragma unroll 1  // one row's address at a time: the producer runs on 24 registers
-    for (int j = 0; j < kBlockM / 32; ++j) {
-      const int g = warp + 4 * j, r = w.row0 + 8 * g + lane % 8;
-      const bool valid = r <= w.last_used;
-      const Element* src = valid ? q_base + int64_t(w.query(r)) * p.q_row_stride + int64_t(w.head(r)) * p.q_head_stride
-                                 : q_base;
-      dst.copy_group(g, src, valid ? 16 : 0);
-    }
+      for (int j = 0; j < kBlockM / 32; ++j) {
+        const int g = warp + 4 * j, r = w.row0 + 8 * g + lane % 8;
+        const bool valid = r <= w.last_used;
+        const Element* src = valid ? base + int64_t(w.query(r)) * row_stride + int64_t(w.head(r)) * head_stride : base;
+        dst.copy_group(g, src, valid ? 16 : 0);
+      }
+    };
+    gather(Int<kD>{}, p.q, w.seq.q_offset, p.q_row_stride, p.q_head_stride, q_buffer(smem, q_state));
+    if constexpr (Traits::kQv)
+      gather(Int<kDV>{}, p.qv, w.seq.qv_offset, p.qv_row_stride, p.qv_head_stride, qv_buffer(smem, q_state));
     cutlass::arch::cpasync_barrier_arrive_noinc(pipe_q.producer_get_barrier(q_state));
     ++q_state;
   }
@@ -352,6 +392,74 @@ struct Mainloop {
   // leave the slower cp.async gather too little time to refill it.
   static __device__ bool ping_pong_for(const FwdParams& p) { return Traits::kPingPong && !gathers(p); }
 
+  // Softcap and the visibility mask of one consumer thread's scores: s is its S accumulator
+  // fragment, s_rc the (rows, cols) view of it, coords_rc the elements' (row, key) in the tile.
+  template <int kRows>
+  struct ScoreTransform {
+    int lo[kRows], hi[kRows];  // visible keys of the thread's rows
+    bool softcap;
+    float softcap_in;  // scores -> tanh arguments
+
+    template <class CoordsRC>
+    __device__ ScoreTransform(const FwdParams& p, const Work& w, const CoordsRC& coords_rc)
+        : softcap(p.softcap > 0.f), softcap_in(p.softcap > 0.f ? p.softmax_scale / p.softcap : 0.f) {
+#pragma unroll
+      for (int i = 0; i < kRows; ++i) w.row_bounds(w.row0 + get<0>(coords_rc(i, 0)), lo[i], hi[i]);
+    }
+    // Scores of key block n -> masked scores (in place).
+    template <class TensorS, class TensorSRC, class CoordsRC>
+    __device__ __forceinline__ void operator()(const Work& w, int n, TensorS& s, TensorSRC& s_rc,
+                                               const CoordsRC& coords_rc) const {
+      if (softcap) {
+#pragma unroll
+        for (int i = 0; i < size(s); ++i) s(i) = tanhf(s(i) * softcap_in);
+      }
+      if (w.block_needs_mask(n)) {
+        const int key0 = n * kBlockN;
+#pragma unroll
+        for (int i = 0; i < kRows; ++i)
+#pragma unroll
+          for (int j = 0; j < size<1>(s_rc); ++j) {
+            const int key = key0 + get<1>(coords_rc(i, j));
+            if (key < lo[i] || key > hi[i]) s_rc(i, j) = -INFINITY;
+          }
+      }
+    }
+  };
+
+  // A TMA box fills the whole block: in the block that holds the last key, the V rows past it
+  // hold whatever the tensor has there (another sequence's keys, or cache slots never written,
+  // possibly NaN). Their P is 0, but 0 * NaN is NaN, so the consumers zero those rows before the
+  // first P.V, which reads that block (gathered blocks arrive zero-filled).
+  static __device__ int v_rows_valid(const Work& w) { return w.seq.seqlen_k - (w.n_block_max - 1) * kBlockN; }
+  static __device__ bool v_tail_needs_zero(const FwdParams& p, const Work& w) {
+    return !gathers(p) && v_rows_valid(w) < kBlockN;
+  }
+  // threads (thread is this one's index among them) zero the tail of the block in stage st and
+  // then meet at a barrier. Kept outside the main loop, whose registers it would cost.
+  static __device__ void zero_v_tail(typename Traits::SharedStorage& smem, const Work& w, const PipelineState& st,
+                                     int thread, int threads) {
+    const int rows = v_rows_valid(w);
+    Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutV{});
+    constexpr int kChunks = kDV / 8;  // 16-byte chunks per row
+    for (int i = thread; i < (kBlockN - rows) * kChunks; i += threads)
+      *reinterpret_cast<uint4*>(&sV(rows + i / kChunks, i % kChunks * 8, st.index())) = make_uint4(0, 0, 0, 0);
+    cutlass::arch::fence_view_async_shared();  // generic writes, read by wgmma (async proxy)
+    cutlass::arch::NamedBarrier::sync(threads, int(BarrierId::kVTail));
+  }
+
+  // Paged K/V blocks and packed GQA Q rows are written by cp.async (the generic proxy); wgmma
+  // reads shared memory through the async proxy, so the consumers fence between the two after
+  // their wait.
+  static __device__ void wait_kv(bool gathered, Pipeline& pipe, const PipelineState& st) {
+    pipe.consumer_wait(st);
+    if (gathered) cutlass::arch::fence_view_async_shared();
+  }
+  static __device__ void wait_q(const FwdParams& p, QPipeline& pipe_q, const QState& q_state) {
+    pipe_q.consumer_wait(q_state);
+    if (p.pack_gqa) cutlass::arch::fence_view_async_shared();
+  }
+
   // Runs the key blocks of the tile for this consumer thread (index among all consumer threads).
   // o needs no initial value; on return it holds the unnormalised output and softmax the row
   // statistics.
@@ -379,38 +487,11 @@ struct Mainloop {
     Tensor o_rc = make_tensor(o.data(), rowcol_layout(o.layout()));
     constexpr int kRows = decltype(size<0>(s_rc))::value;
 
-    // Coordinates of the thread's score elements within the tile, and its rows' key bounds.
+    // Coordinates of the thread's score elements within the tile.
     Tensor coords = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
     Tensor coords_rc = make_tensor(coords.data(), rowcol_layout(coords.layout()));
-    int lo[kRows], hi[kRows];
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) w.row_bounds(w.row0 + get<0>(coords_rc(i, 0)), lo[i], hi[i]);
-
-    const bool softcap = p.softcap > 0.f;
-    const float softcap_in = softcap ? p.softmax_scale / p.softcap : 0.f;
-    // Scores of block n -> masked scores (in place).
-    auto score_transform = [&](int n) {
-      if (softcap) {
-#pragma unroll
-        for (int i = 0; i < size(s); ++i) s(i) = tanhf(s(i) * softcap_in);
-      }
-      if (w.block_needs_mask(n)) {
-        const int key0 = n * kBlockN;
-#pragma unroll
-        for (int i = 0; i < kRows; ++i)
-#pragma unroll
-          for (int j = 0; j < size<1>(s_rc); ++j) {
-            const int key = key0 + get<1>(coords_rc(i, j));
-            if (key < lo[i] || key > hi[i]) s_rc(i, j) = -INFINITY;
-          }
-      }
-    };
-    auto rescale_o = [&](const float(&o_scale)[kRows]) {
-#pragma unroll
-      for (int i = 0; i < kRows; ++i)
-#pragma unroll
-        for (int j = 0; j < size<1>(o_rc); ++j) o_rc(i, j) *= o_scale[i];
-    };
+    const ScoreTransform<kRows> transform(p, w, coords_rc);
+    auto score_transform = [&](int n) { transform(w, n, s, s_rc, coords_rc); };
     // Ping-pong: wait for this group's turn before issuing wgmmas, pass it on after.
     const int group = thread_idx / 128;
     const bool ping_pong = ping_pong_for(p);
@@ -425,39 +506,14 @@ struct Mainloop {
       if (!Traits::kOInQ && n == w.n_block_min) pipe_q.consumer_release(q_state);
     };
 
-    // Paged K/V blocks were written by cp.async (the generic proxy); wgmma reads shared memory
-    // through the async proxy, so each consumer fences between the two after its wait.
     const bool gathered = gathers(p);
-    auto wait_kv = [&](Pipeline& pipe, const PipelineState& st) {
-      pipe.consumer_wait(st);
-      if (gathered) cutlass::arch::fence_view_async_shared();
-    };
-
-    // A TMA box fills the whole block: in the block that holds the last key, the V rows past it
-    // hold whatever the tensor has there (another sequence's keys, or cache slots never written,
-    // possibly NaN). Their P is 0, but 0 * NaN is NaN, so the consumers zero those rows before the
-    // first P.V, which reads that block (gathered blocks arrive zero-filled).
-    const int v_rows_valid = w.seq.seqlen_k - (w.n_block_max - 1) * kBlockN;
-    // Done after the first block's softmax, outside the main loop (whose registers it would cost).
-    auto zero_v_tail = [&](const PipelineState& st) {
-      if (gathered || v_rows_valid >= kBlockN) return;
-      wait_kv(pipe_v, st);
-      Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutV{});
-      constexpr int kChunks = kDV / 8;  // 16-byte chunks per row
-      for (int i = thread_idx; i < (kBlockN - v_rows_valid) * kChunks; i += Traits::kConsumerThreads)
-        *reinterpret_cast<uint4*>(&sV(v_rows_valid + i / kChunks, i % kChunks * 8, st.index())) = make_uint4(0, 0, 0, 0);
-      cutlass::arch::fence_view_async_shared();  // generic writes, read by wgmma (async proxy)
-      cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, int(BarrierId::kVTail));
-    };
-
-    pipe_q.consumer_wait(q_state);
-    if (p.pack_gqa) cutlass::arch::fence_view_async_shared();  // Q rows written by cp.async
+    wait_q(p, pipe_q, q_state);
     PipelineState state_v = state;
     float o_scale[kRows];
     bool first_pv = true;
 
     int n = w.n_block_max - 1;
-    wait_kv(pipe_k, state);
+    wait_kv(gathered, pipe_k, state);
     take_turn();
     wgmma(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s, true);
     pass_turn();
@@ -468,15 +524,18 @@ struct Mainloop {
     score_transform(n);
     softmax.update(s_rc, o_scale);
     convert_fragment(s, pr);
-    zero_v_tail(state_v);
+    if (v_tail_needs_zero(p, w)) {  // after the first block's softmax: V may not have landed yet
+      wait_kv(gathered, pipe_v, state_v);
+      zero_v_tail(smem, w, state_v, thread_idx, Traits::kConsumerThreads);
+    }
     for (--n; n >= w.n_block_min; --n) {
-      wait_kv(pipe_k, state);
-      wait_kv(pipe_v, state_v);
+      wait_kv(gathered, pipe_k, state);
+      wait_kv(gathered, pipe_v, state_v);
       take_turn();
       wgmma(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s, true);
       // O holds nothing before the first P.V; after, rescale it by block n + 1's factor while
       // the tensor cores run Q K_n^T.
-      if (!first_pv) rescale_o(o_scale);
+      if (!first_pv) scale_rows(o_rc, o_scale);
       wgmma(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o, first_pv);
       first_pv = false;
       pass_turn();
@@ -492,13 +551,183 @@ struct Mainloop {
       ++state_v;
       convert_fragment(s, pr);
     }
-    wait_kv(pipe_v, state_v);
+    wait_kv(gathered, pipe_v, state_v);
     take_turn();
-    if (!first_pv) rescale_o(o_scale);
+    if (!first_pv) scale_rows(o_rc, o_scale);
     wgmma(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o, first_pv);
     pass_turn();
     warpgroup_wait<0>();
     pipe_v.consumer_release(state_v);
+  }
+
+  // ---- The absorbed-MLA tile (Traits::kQv) ----
+  // Both consumer groups work on the tile's 64 rows; group g accumulates O's columns
+  // [g dv / 2, (g + 1) dv / 2). Per key block n (high to low):
+  //   group 0: S_n = Q K_n^T + Qv V_n^T (smem x smem); release K_n; mask and softmax; hand P_n and
+  //            its rows' factors to group 1 (shared memory, kPFull); O_0 = O_0 f + P_n V_n[:, half 0]
+  //            (P from registers), software-pipelined as in consume: the P.V of block n + 1 runs
+  //            on the tensor cores while the softmax of block n does;
+  //   group 1: once P_n is there, O_1 = O_1 f + P_n V_n[:, half 1] (smem x smem), then kPEmpty.
+  // Thread t of either group holds the same rows (one-group MMAs of the same M), so group 0's
+  // thread t passes its row factors to group 1's thread t through row_scale.
+
+  // One group's half of V stage st as the (kDVGroup, kBlockN) MN-major B operand of P.V.
+  template <class ThrMma>
+  static __device__ auto v_group_operand(typename Traits::SharedStorage& smem, const ThrMma& thr, int st, int group) {
+    Element* base = smem.v.data() + st * Traits::kVStageElems + group * Traits::kVGroupElems;
+    return thr.partition_fragment_B(make_tensor(make_smem_ptr(base), typename Traits::SmemLayoutVtGroup{}));
+  }
+
+  // Group 0 -> group 1, per key block: wait_p_empty (group 1 has read the previous ones), store_p
+  // (P's registers in the S accumulator layout), pass_factors (one factor per row); after the last
+  // block only the final factors pass. Two mbarriers carry the handoffs (p_full: group 0's 128
+  // threads arrive, p_empty: group 1's); k counts the thread's handoffs so far, across tiles:
+  // handoff k waits for phase k (p_empty's phase 0 is group 1's release before its first tile).
+  static __device__ void wait_p_empty(typename Traits::SharedStorage& smem, int k) { smem.p_empty.wait(k & 1); }
+  // stmatrix: four 8 x 8 matrices per instruction (few addresses: element-wise stores of the
+  // swizzled tile had their addresses hoisted out of the loop and spilled).
+  template <class TensorP>
+  static __device__ void store_p(typename Traits::SharedStorage& smem, TensorP& pr, int t) {
+    auto copy_p = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, typename Traits::TiledMmaQK{});
+    auto thr = copy_p.get_thread_slice(t);
+    Tensor sP = make_tensor(make_smem_ptr(smem.p.data()), typename Traits::SmemLayoutP{});
+    copy(copy_p, thr.retile_S(pr), thr.partition_D(sP));
+    cutlass::arch::fence_view_async_shared();  // generic writes, read by group 1's wgmma
+  }
+  template <int kRows>
+  static __device__ void pass_factors(typename Traits::SharedStorage& smem, const float (&f)[kRows], int t, int& k) {
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) smem.row_scale[i * 128 + t] = f[i];
+    smem.p_full.arrive();
+    ++k;
+  }
+  // Group 1's side: waits for P and the factors; release_p once it has read them.
+  template <int kRows>
+  static __device__ void take_factors(typename Traits::SharedStorage& smem, float (&f)[kRows], int t, int& k) {
+    smem.p_full.wait(k & 1);
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) f[i] = smem.row_scale[i * 128 + t];
+    ++k;
+  }
+  static __device__ void release_p(typename Traits::SharedStorage& smem) { smem.p_empty.arrive(); }
+
+  // Group 0 of the absorbed-MLA tile (t = thread index in the group). o: its (64, dv / 2)
+  // accumulator; softmax: the rows' statistics. Releases Q after its last S.
+  template <class FragO, class Softmax>
+  static __device__ void consume_scores(const FwdParams& p, typename Traits::SharedStorage& smem, const Work& w,
+                                        QPipeline& pipe_q, const QState& q_state, Pipeline& pipe_k, Pipeline& pipe_v,
+                                        PipelineState& state, int t, FragO& o, Softmax& softmax, int& handoffs) {
+    typename Traits::TiledMmaQK mma_qk;
+    typename Traits::TiledMmaPV mma_pv;
+    auto thr_qk = mma_qk.get_thread_slice(t);
+    auto thr_pv = mma_pv.get_thread_slice(t);
+    Tensor sQ = make_tensor(make_smem_ptr(q_buffer(smem, q_state)), typename Traits::SmemLayoutQ{});
+    Tensor sQv = make_tensor(make_smem_ptr(qv_buffer(smem, q_state)), typename Traits::SmemLayoutQv{});
+    Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutV{});
+    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // (MMA, MMA_M, MMA_K) descriptors
+    Tensor tSrQv = thr_qk.partition_fragment_A(sQv);  // (MMA, MMA_M, MMA_K over dv)
+    Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stages)
+    Tensor tSrV = thr_qk.partition_fragment_B(sV);    // (MMA, MMA_N, MMA_K over dv, stages): V as Qv's K
+
+    Tensor s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA, MMA_M, MMA_N) fp32
+    Tensor s_rc = make_tensor(s.data(), rowcol_layout(s.layout()));
+    Tensor pr = make_tensor_like<Element>(s);
+    Tensor tOrP = make_tensor(pr.data(), acc_to_a_layout(s.layout()));
+    Tensor o_rc = make_tensor(o.data(), rowcol_layout(o.layout()));
+    constexpr int kRows = decltype(size<0>(s_rc))::value;
+    Tensor coords = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+    Tensor coords_rc = make_tensor(coords.data(), rowcol_layout(coords.layout()));
+    const ScoreTransform<kRows> transform(p, w, coords_rc);
+
+    const bool gathered = gathers(p);
+    // S_n = Q K_n^T + Qv V_n^T: wgmma batches into the same accumulator.
+    auto issue_scores = [&](const PipelineState& st) {
+      wait_kv(gathered, pipe_k, st);
+      wait_kv(gathered, pipe_v, st);
+      wgmma(mma_qk, tSrQ, tSrK(_, _, _, st.index()), s, true);
+      // One 64-column swizzle atom of Qv and V (4 k16 steps) per batch.
+      wgmma_accumulate_batches<4>(mma_qk, tSrQv, tSrV(_, _, _, st.index()), s);
+    };
+    auto release_q = [&](int n) {
+      if (n == w.n_block_min) pipe_q.consumer_release(q_state);
+    };
+
+    wait_q(p, pipe_q, q_state);
+    PipelineState state_v = state;
+    float o_scale[kRows];
+    bool first_pv = true;
+
+    int n = w.n_block_max - 1;
+    issue_scores(state);
+    warpgroup_wait<0>();
+    release_q(n);
+    pipe_k.consumer_release(state);
+    ++state;
+    transform(w, n, s, s_rc, coords_rc);
+    softmax.update(s_rc, o_scale);
+    convert_fragment(s, pr);
+    // Q K^T and Qv V^T of the first block have read V: zero its tail before any P.V.
+    if (v_tail_needs_zero(p, w)) zero_v_tail(smem, w, state_v, t, 128);
+    wait_p_empty(smem, handoffs);
+    store_p(smem, pr, t);
+    pass_factors(smem, o_scale, t, handoffs);
+    for (--n; n >= w.n_block_min; --n) {
+      issue_scores(state);
+      if (!first_pv) scale_rows(o_rc, o_scale);
+      wgmma(mma_pv, tOrP, v_group_operand(smem, thr_pv, state_v.index(), 0), o, first_pv);
+      first_pv = false;
+      warpgroup_wait<1>();
+      release_q(n);
+      pipe_k.consumer_release(state);
+      ++state;
+      transform(w, n, s, s_rc, coords_rc);
+      softmax.update(s_rc, o_scale);
+      hold_until_wait(pr, p.num_heads <= 0, smem.k.data());
+      warpgroup_wait<0>();
+      pipe_v.consumer_release(state_v);
+      ++state_v;
+      convert_fragment(s, pr);
+      wait_p_empty(smem, handoffs);
+    store_p(smem, pr, t);
+    pass_factors(smem, o_scale, t, handoffs);
+    }
+    if (!first_pv) scale_rows(o_rc, o_scale);
+    wgmma(mma_pv, tOrP, v_group_operand(smem, thr_pv, state_v.index(), 0), o, first_pv);
+    warpgroup_wait<0>();
+    pipe_v.consumer_release(state_v);
+  }
+
+  // Group 1 of the absorbed-MLA tile (t = thread index in the group): O_1 from group 0's P.
+  template <class FragO>
+  static __device__ void consume_p(const FwdParams& p, typename Traits::SharedStorage& smem, const Work& w,
+                                   QPipeline& pipe_q, const QState& q_state, Pipeline& pipe_k, Pipeline& pipe_v,
+                                   PipelineState& state, int t, FragO& o, int& handoffs) {
+    typename Traits::TiledMmaPVss mma_pv;
+    auto thr_pv = mma_pv.get_thread_slice(t);
+    Tensor sP = make_tensor(make_smem_ptr(smem.p.data()), typename Traits::SmemLayoutP{});
+    Tensor tOsP = thr_pv.partition_fragment_A(sP);  // (MMA, MMA_M, MMA_K) descriptors
+    Tensor o_rc = make_tensor(o.data(), rowcol_layout(o.layout()));
+    constexpr int kRows = decltype(size<0>(o_rc))::value;
+    // This group reads neither Q nor K: its arrivals (every consumer thread arrives) follow
+    // the buffers' fills, so they count towards the phase group 0 is in.
+    pipe_q.consumer_wait(q_state);
+    pipe_q.consumer_release(q_state);
+    const bool gathered = gathers(p);
+    float f[kRows];
+    for (int n = w.n_block_max - 1; n >= w.n_block_min; --n) {
+      take_factors(smem, f, t, handoffs);
+      pipe_k.consumer_wait(state);
+      pipe_k.consumer_release(state);
+      wait_kv(gathered, pipe_v, state);
+      const bool first = n == w.n_block_max - 1;
+      if (!first) scale_rows(o_rc, f);
+      wgmma(mma_pv, tOsP, v_group_operand(smem, thr_pv, state.index(), 1), o, first);
+      warpgroup_wait<0>();
+      release_p(smem);
+      pipe_v.consumer_release(state);
+      ++state;
+    }
   }
 };
 

@@ -30,6 +30,16 @@ __device__ constexpr auto acc_to_a_layout(Layout l) {
                      make_layout(get<1>(groups), get<2>(l)));
 }
 
+// Row i of an accumulator's (rows, cols) view times f[i] (rescaling or normalising O).
+template <class TensorRC, int kRows>
+__device__ __forceinline__ void scale_rows(TensorRC& rc, const float (&f)[kRows]) {
+  static_assert(decltype(size<0>(rc))::value == kRows, "one factor per row of the view");
+#pragma unroll
+  for (int i = 0; i < kRows; ++i)
+#pragma unroll
+    for (int j = 0; j < size<1>(rc); ++j) rc(i, j) *= f[i];
+}
+
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));

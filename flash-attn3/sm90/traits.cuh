@@ -33,7 +33,7 @@ constexpr auto k_major_atom() {
 
 // Warp-group roles: group 0 produces (one thread issues every TMA; with paged k/v or packed GQA
 // rows all 128 threads also gather K/V or Q rows with cp.async), groups 1.. consume (each owns 64
-// query rows of the tile).
+// query rows of the tile, or on the absorbed-MLA tile half of O's columns).
 enum class Role : int { kProducer = 0, kConsumer = 1 };
 constexpr int kProducerThreads = 128;
 
@@ -45,7 +45,12 @@ enum class BarrierId : int {
   kVTail = 7,      // every consumer thread: V rows past the last key are zeroed
 };
 
-template <typename CudaElement, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kStages_, bool kPingPong_>
+// kQv: the absorbed-MLA tile (d 64 -> dv 256 / 512 with qv): S = Q K^T + Qv V^T over 64 rows,
+// which both consumer groups share; group g accumulates O's columns [g dv / 2, (g + 1) dv / 2)
+// (a 64 x dv fp32 O would not fit one group's registers). Group 0 computes S and the softmax and
+// hands P to group 1 through shared memory.
+template <typename CudaElement, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kStages_, bool kPingPong_,
+          bool kQv_>
 struct Traits {
   using Element = CuteElement<CudaElement>;
   static constexpr int kD = kD_, kDV = kDV_;
@@ -53,22 +58,25 @@ struct Traits {
   // Consumer groups take turns issuing their wgmmas, so one group's softmax runs while the
   // tensor cores work for another.
   static constexpr bool kPingPong = kPingPong_;
-  static constexpr int kConsumerGroups = kBlockM / 64;
+  static constexpr bool kQv = kQv_;
+  static constexpr int kConsumerGroups = kQv ? 2 : kBlockM / 64;
+  static constexpr int kDVGroup = kQv ? kDV / 2 : kDV;  // O columns of one consumer group
   static constexpr int kConsumerThreads = kConsumerGroups * 128;
   static constexpr int kThreads = kConsumerThreads + 128;
   // setmaxnreg split of the 64K registers (multiples of 8; producer + consumers <= 65536 / 128).
   static constexpr int kProducerRegs = kConsumerGroups == 2 ? 24 : 32;
   static constexpr int kConsumerRegs = kConsumerGroups == 2 ? 240 : 160;
 
-  static_assert(kBlockM % 64 == 0 && kConsumerGroups >= 2 && kConsumerGroups <= 3,
-                "two or three consumer warp groups of 64 rows");
+  static_assert(kQv ? kBlockM == 64 && !kPingPong && kD < kDV : kBlockM % 64 == 0 && kConsumerGroups >= 2 && kConsumerGroups <= 3,
+                "two or three consumer warp groups of 64 rows, or two sharing the 64 rows of the absorbed-MLA tile");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "key block: a wgmma N (<= 256) and whole k16 steps of P.V");
-  static_assert(kD % 16 == 0 && kDV % 16 == 0 && kDV <= 256, "head dims: whole k16 steps; dv one wgmma N");
+  static_assert(kD % 16 == 0 && kDVGroup % 16 == 0 && kDVGroup <= 256, "head dims: whole k16 steps; a group's dv one wgmma N");
   static_assert(kStages >= 2, "a K/V stage loads while another is computed on");
 
   using TileQK = Shape<Int<kBlockM>, Int<kBlockN>, Int<kD>>;   // S = Q K^T: (M, N, K)
-  using TilePV = Shape<Int<kBlockM>, Int<kDV>, Int<kBlockN>>;  // O = P V:   (M, N, K)
-  using GroupLayout = Layout<Shape<Int<kConsumerGroups>, _1, _1>>;
+  using TilePV = Shape<Int<kBlockM>, Int<kDVGroup>, Int<kBlockN>>;  // O = P V (a group's columns): (M, N, K)
+  // The groups split the rows, or (kQv) each runs its own one-group MMA on the shared rows.
+  using GroupLayout = Layout<Shape<Int<kQv ? 1 : kConsumerGroups>, _1, _1>>;
   // Q and K from shared memory; P from registers, V from shared memory read transposed.
   using TiledMmaQK = decltype(make_tiled_mma(GMMA::ss_op_selector<Element, Element, float, TileQK>(), GroupLayout{}));
   using TiledMmaPV = decltype(make_tiled_mma(
@@ -76,10 +84,18 @@ struct Traits {
 
   static_assert(size<1>(typename TiledMmaQK::AtomShape_MNK{}) == kBlockN,
                 "S = Q K^T must be one wgmma per k16 step (define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)");
-  static_assert(size<1>(typename TiledMmaPV::AtomShape_MNK{}) == kDV,
+  static_assert(size<1>(typename TiledMmaPV::AtomShape_MNK{}) == kDVGroup,
                 "O = P V must be one wgmma per k16 step (define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)");
 
+  // kQv: group 1's P V reads P from shared memory (group 0 keeps its copy in registers).
+  using TiledMmaPVss = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, TilePV, GMMA::Major::K, GMMA::Major::MN>(), GroupLayout{}));
+
   using SmemLayoutQ = decltype(tile_to_shape(k_major_atom<Element, kD>(), Shape<Int<kBlockM>, Int<kD>>{}));
+  // kQv: Qv follows Q in the same Q buffer; (kBlockM, kDV), the A operand of Qv V^T.
+  using SmemLayoutQv = decltype(tile_to_shape(k_major_atom<Element, kDV>(), Shape<Int<kBlockM>, Int<kDV>>{}));
+  // kQv: P (kBlockM, kBlockN), K-major A operand of group 1's P V.
+  using SmemLayoutP = decltype(tile_to_shape(k_major_atom<Element, kBlockN>(), Shape<Int<kBlockM>, Int<kBlockN>>{}));
   using SmemLayoutK =
       decltype(tile_to_shape(k_major_atom<Element, kD>(), Shape<Int<kBlockN>, Int<kD>, Int<kStages>>{}));
   using SmemLayoutV =
@@ -87,6 +103,15 @@ struct Traits {
   // The same V bytes as (kDV, kBlockN, stages): the MN-major B operand of P.V.
   using SmemLayoutVt = decltype(composition(
       SmemLayoutV{}, make_ordered_layout(Shape<Int<kDV>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
+  // kQv: one group's half of one V stage as (kDVGroup, kBlockN). SmemLayoutV stacks its atoms
+  // rows first, then column blocks, so columns [g kDVGroup, (g + 1) kDVGroup) of a stage are the
+  // contiguous elements from g * kVGroupElems on, laid out as this (kBlockN, kDVGroup) tile.
+  static constexpr int kVStageElems = kBlockN * kDV, kVGroupElems = kBlockN * kDVGroup;
+  using SmemLayoutVtGroup = decltype(composition(
+      tile_to_shape(k_major_atom<Element, kDVGroup>(), Shape<Int<kBlockN>, Int<kDVGroup>>{}),
+      make_ordered_layout(Shape<Int<kDVGroup>, Int<kBlockN>>{}, Step<_2, _1>{})));
+  static_assert(!kQv || std::is_same_v<decltype(k_major_atom<Element, kDV>()), decltype(k_major_atom<Element, kDVGroup>())>,
+                "a group's V columns: whole swizzle atoms of the V stage");
   using SmemLayoutO = decltype(tile_to_shape(k_major_atom<Element, kDV>(), Shape<Int<kBlockM>, Int<kDV>>{}));
   // O leaves shared memory in TMA boxes of one consumer group's 64 rows by one swizzle atom's
   // width: SmemLayoutO tiles its atoms rows first, so each such box is contiguous, and box
@@ -99,38 +124,46 @@ struct Traits {
   // is done. Otherwise O is staged in Q's bytes: both layouts tile their atoms rows-first, so the
   // rows of one consumer group occupy the same bytes in both, and a group overwrites only the Q
   // rows it alone reads (after its last Q K^T has completed).
+  static constexpr int kQElems = cosize_v<SmemLayoutQ> + (kQv ? cosize_v<SmemLayoutQv> : 0);  // one Q buffer
   static constexpr int kSmemMainBytes =
-      int(sizeof(Element)) * (cosize_v<SmemLayoutQ> + cosize_v<SmemLayoutK> + cosize_v<SmemLayoutV>);
-  static constexpr int kSmemOBytes = int(sizeof(Element)) * cosize_v<SmemLayoutO>;
+      int(sizeof(Element)) * (kQElems + cosize_v<SmemLayoutK> + cosize_v<SmemLayoutV>);
+  // kQv: O leaves from registers (its 64 x dv tile would not fit next to Qv and V).
+  static constexpr int kSmemOBytes = kQv ? 0 : int(sizeof(Element)) * cosize_v<SmemLayoutO>;
   static constexpr bool kOInQ = kSmemMainBytes + kSmemOBytes > 224 * 1024;
   static_assert(!kOInQ || (kDV <= kD && std::is_same_v<decltype(k_major_atom<Element, kD>()),
                                                        decltype(k_major_atom<Element, kDV>())>),
                 "O must fit in Q's bytes row for row");
   // A second Q buffer, where it fits, lets the next tile's Q land while this tile still runs:
   // the consumers start the next tile straight after their epilogue instead of waiting for Q.
-  static constexpr int kQElems = cosize_v<SmemLayoutQ>;
   static constexpr int kQStages =
       !kOInQ && kSmemMainBytes + kSmemOBytes + int(sizeof(Element)) * kQElems <= 224 * 1024 ? 2 : 1;
   static_assert(kQStages == 1 || !kOInQ, "O staged in Q's bytes needs the single Q buffer");
-  static_assert(kQElems * sizeof(Element) % 1024 == 0, "each Q buffer keeps the 1024-byte swizzle alignment");
+  static_assert(kQElems * sizeof(Element) % 1024 == 0 && cosize_v<SmemLayoutQ> * sizeof(Element) % 1024 == 0,
+                "each Q (and Qv) buffer keeps the 1024-byte swizzle alignment");
 
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
   using QPipeline = cutlass::PipelineTmaAsync<kQStages>;
-  static constexpr uint32_t kBytesQ = kBlockM * kD * sizeof(Element);
+  static constexpr uint32_t kBytesQ = kQElems * sizeof(Element);
   static constexpr uint32_t kBytesK = kBlockN * kD * sizeof(Element);
   static constexpr uint32_t kBytesV = kBlockN * kDV * sizeof(Element);
 
   struct SharedStorage {
-    cute::array_aligned<Element, kQElems * kQStages, 1024> q;  // kQStages buffers of SmemLayoutQ
+    cute::array_aligned<Element, kQElems * kQStages, 1024> q;  // kQStages buffers of SmemLayoutQ (+ SmemLayoutQv)
     cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k;
     cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> v;
-    cute::array_aligned<Element, kOInQ ? 8 : cosize_v<SmemLayoutO>, 1024> o;  // unused when kOInQ
+    cute::array_aligned<Element, kOInQ || kQv ? 8 : cosize_v<SmemLayoutO>, 1024> o;  // unused when kOInQ / kQv
+    // kQv: P of the current block, and each of group 0's thread's row factors (o_scale[i] of
+    // thread t at [i * 128 + t]; thread t of group 1 holds the same rows).
+    cute::array_aligned<Element, kQv ? cosize_v<SmemLayoutP> : 8, kQv ? 1024 : 16> p;
+    float row_scale[kQv ? 2 * 128 : 1];
     typename Pipeline::SharedStorage pipe_k, pipe_v;
     typename QPipeline::SharedStorage pipe_q;
     // The next tile index, producer -> consumers: tile_full completes when it is written,
     // tile_empty when every consumer thread has read it.
     int next_tile;
     cutlass::arch::ClusterBarrier tile_full, tile_empty;
+    // kQv: group 0 has written P and the row factors (p_full), group 1 has read them (p_empty).
+    cutlass::arch::ClusterBarrier p_full, p_empty;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in the 227 KB of shared memory of a Hopper block");

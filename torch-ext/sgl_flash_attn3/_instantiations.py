@@ -41,10 +41,10 @@ HEAD_DIM_PAIRS: tuple[tuple[int, int], ...] = (
     (64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128), (64, 256), (64, 512),
 )
 
-# The Hopper family covers prefill (dense, packed or paged k/v, GQA heads packed or not) for the
-# standard pairs (dv <= 256: one wgmma N); absorbed MLA (64 -> 256 / 512, qv), decode and GQA-packed
-# short queries run on the portable family.
-SM90_HEAD_DIM_PAIRS: tuple[tuple[int, int], ...] = ((64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128))
+# The Hopper family covers prefill (dense, packed or paged k/v, GQA heads packed or not) for every
+# pair (absorbed MLA 64 -> 256 / 512 with qv on its own tile); decode and GQA-packed short queries
+# run on the portable family.
+SM90_HEAD_DIM_PAIRS: tuple[tuple[int, int], ...] = HEAD_DIM_PAIRS
 
 DTYPES: tuple[str, ...] = ("fp16", "bf16")
 
