@@ -2,8 +2,8 @@
 """Representative calls of the Hopper family (every tile shape class: ping-pong groups, three
 groups, O staged in Q's bytes, window, causal, varlen with empty sequences, sinks, paged k/v
 gathered with cp.async, GQA heads packed into the tile rows with Q gathered by cp.async, the
-absorbed-MLA tile with qv, its groups handing P over through shared memory) for
-running under compute-sanitizer, without the reference (whose host code the tools slow down):
+absorbed-MLA tile with qv, its groups handing P over through shared memory, and its key splits)
+for running under compute-sanitizer, without the reference (whose host code the tools slow down):
 
     compute-sanitizer --tool racecheck python scripts/sanitize_sm90.py
     compute-sanitizer --tool synccheck python scripts/sanitize_sm90.py
@@ -76,6 +76,11 @@ def main() -> None:
         fa3.flash_attn_varlen_func(randn(sum(lq), 128, 64), k_pool, v_pool, cu_seqlens(lq), None, max(lq), max(used),
                                    qv=randn(sum(lq), 128, dv), seqused_k=torch.tensor(used, dtype=torch.int32, device="cuda"),
                                    page_table=table, causal=True, pack_gqa=True)
+        # Decode-sized: one query x 128 heads over a long cache, keys split (partials + combine).
+        k_cache, v_cache = randn(2, 3000, 1, 64), randn(2, 3000, 1, dv)
+        fa3.flash_attn_with_kvcache(randn(2, 1, 128, 64), k_cache, v_cache, qv=randn(2, 1, 128, dv),
+                                    cache_seqlens=torch.tensor([3000, 700], dtype=torch.int32, device="cuda"),
+                                    causal=True, sinks=torch.randn(128, device="cuda"))
     torch.cuda.synchronize()
     print("sanitizer calls done")
 

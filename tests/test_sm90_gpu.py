@@ -537,6 +537,61 @@ def test_absorbed_mla_cache(fa3, dv, page_size):
           seqused_k=seqlens, page_table=table, causal=True)
 
 
+def mla_decode_inputs(dv, page_size, lengths, sq=1, h=128):
+    """A decode step of an MLA cache: 128 heads packed on the latent KV head fill two 64-row tiles
+    with one query; NaN in every cache slot past the keys."""
+    b, dtype = len(lengths), torch.bfloat16
+    if page_size:
+        k_cache, v_cache, table = paged_cache(lengths, page_size, 1, 64, dv, dtype)
+    else:
+        k_cache, v_cache, table = randn(b, max(lengths) + 64, 1, 64, dtype=dtype), randn(
+            b, max(lengths) + 64, 1, dv, dtype=dtype), None
+    nan_past_the_keys(k_cache, v_cache, lengths, table)
+    q, qv = randn(b, sq, h, 64, dtype=dtype), randn(b, sq, h, dv, dtype=dtype)
+    return q, qv, k_cache, v_cache, table, ints(lengths)
+
+
+@pytest.mark.parametrize("dv", [256, 512])
+@pytest.mark.parametrize("num_splits", [0, 3, 40])
+@pytest.mark.parametrize("page_size", [0, 64])
+def test_absorbed_mla_split_kv(fa3, dv, num_splits, page_size):
+    """The absorbed-MLA tile splits the keys (heuristic or explicit count): each split writes fp32
+    partials without the sinks, the combine merges them and adds the sinks; splits past a row's
+    keys are empty."""
+    torch.manual_seed(hash((dv, num_splits, page_size)) % 2**31)
+    q, qv, k_cache, v_cache, table, seqlens = mla_decode_inputs(dv, page_size, [3000, 517, 1])
+    sinks = torch.randn(q.shape[2], device="cuda") * 2
+    out = poisoned_like((*q.shape[:3], dv), q.dtype, "cuda")
+    got, lse = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, qv=qv, cache_seqlens=seqlens, page_table=table,
+                                           causal=True, sinks=sinks, num_splits=num_splits,
+                                           return_softmax_lse=True, out=out)
+    check(fa3, "qv split", got, lse, q, torch.nan_to_num(k_cache), torch.nan_to_num(v_cache), qv=qv,
+          seqused_k=seqlens, page_table=table, causal=True, sinks=sinks)
+
+
+def test_absorbed_mla_split_kv_plans(fa3):
+    """A precomputed plan (counted in the portable tile's key blocks) carries over to the Hopper
+    tile's blocks; deterministic=True repeats bit for bit and does not depend on the other rows."""
+    torch.manual_seed(7)
+    lengths = [9000, 300, 4100]
+    q, qv, k_cache, v_cache, table, seqlens = mla_decode_inputs(512, 16, lengths)
+    plan = fa3.get_scheduler_metadata(len(lengths), 1, max(lengths), 128, 1, 64, seqlens, headdim_v=512,
+                                      page_size=16, causal=True)
+    got, lse = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, qv=qv, cache_seqlens=seqlens, page_table=table,
+                                           causal=True, scheduler_metadata=plan, return_softmax_lse=True)
+    check(fa3, "qv metadata", got, lse, q, torch.nan_to_num(k_cache), torch.nan_to_num(v_cache), qv=qv,
+          seqused_k=seqlens, page_table=table, causal=True)
+    full = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, qv=qv, cache_seqlens=seqlens, page_table=table,
+                                       causal=True, deterministic=True)
+    assert torch.equal(full, fa3.flash_attn_with_kvcache(q, k_cache, v_cache, qv=qv, cache_seqlens=seqlens,
+                                                         page_table=table, causal=True, deterministic=True))
+    for row in range(len(lengths)):
+        alone = fa3.flash_attn_with_kvcache(q[row : row + 1], k_cache, v_cache, qv=qv[row : row + 1],
+                                            cache_seqlens=seqlens[row : row + 1], page_table=table[row : row + 1],
+                                            causal=True, deterministic=True)
+        assert torch.equal(alone, full[row : row + 1]), f"row {row} depends on the batch"
+
+
 def test_sm90_request_refuses_what_it_cannot_run(fa3):
     q = randn(1, 1, 4, 128, dtype=torch.bfloat16)
     k = randn(1, 64, 4, 128, dtype=torch.bfloat16)

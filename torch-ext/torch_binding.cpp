@@ -96,6 +96,35 @@ sgl_fa3::DType dtype_code(ScalarType t) {
 
 sgl_fa3::TileShape tile_shape(const sgl_fa3::FwdKernel& kernel) { return {kernel.block_m, kernel.block_n}; }
 
+// The key block of the portable tile a plan chose (the unit of its n_blocks_per_split).
+int planned_block_n(const sgl_fa3::FwdKernels& kernels, const sgl_fa3::Plan& plan) {
+  return plan.tile == sgl_fa3::TileKind::kDecode       ? kernels.decode.block_n
+         : plan.tile == sgl_fa3::TileKind::kShortQuery ? kernels.short_query.block_n
+                                                       : kernels.prefill.block_n;
+}
+
+// Key splits of the Hopper absorbed-MLA tile, in its own key blocks: the same planner with that
+// tile's shape (the planned GQA packing kept), or a precomputed plan (get_scheduler_metadata,
+// counted in the portable tile's blocks) carried over at the same keys per split.
+sgl_fa3::Plan hopper_split_plan(sgl_fa3::PlanInputs in, const sgl_fa3::Plan& plan, const sgl_fa3::FwdKernel& tile,
+                                int planned_block_n, int64_t n_blocks_per_split) {
+  const sgl_fa3::TileShape shape = tile_shape(tile);
+  if (n_blocks_per_split <= 0) {
+    in.prefill = in.short_query = in.decode = shape;
+    in.pack_gqa = plan.pack_gqa ? 1 : 0;
+    return sgl_fa3::plan_forward(in);
+  }
+  sgl_fa3::Plan split = plan;
+  const int64_t keys_per_split = n_blocks_per_split * planned_block_n;
+  const int64_t n_blocks = std::max<int64_t>((int64_t(in.max_seqlen_k) + shape.block_n - 1) / shape.block_n, 1);
+  split.n_blocks_per_split = int(std::max<int64_t>((keys_per_split + shape.block_n - 1) / shape.block_n, 1));
+  if (n_blocks > int64_t(split.n_blocks_per_split) * sgl_fa3::PlanTuning::kMaxSplits)  // the combine's limit
+    split.n_blocks_per_split = int((n_blocks + sgl_fa3::PlanTuning::kMaxSplits - 1) / sgl_fa3::PlanTuning::kMaxSplits);
+  split.num_splits = int((n_blocks + split.n_blocks_per_split - 1) / split.n_blocks_per_split);
+  split.use_combine = in.deterministic || split.num_splits > 1;
+  return split;
+}
+
 const sgl_fa3::FwdKernels& kernels_for(sgl_fa3::DType dtype, int64_t d, int64_t dv) {
   const sgl_fa3::FwdKernels* kernel =
       sgl_fa3::find_fwd({sgl_fa3::Family::kPortable, dtype, int(d), int(dv)});
@@ -272,10 +301,11 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   // Upper bound of any row's key count (with ragged appends seqlen_k_new is the packed total).
   const int64_t keys_bound =
       (paged ? page_table->size(1) * p.page_size : packed_k ? max_seqlen_k : k.size(1)) + seqlen_k_new;
-  sgl_fa3::Plan plan = sgl_fa3::plan_forward(
-      {int(batch), int(seqlen_q), int(std::min<int64_t>(keys_bound, INT32_MAX)), int(num_heads), int(num_heads_k),
-       tile_shape(kernels.prefill), tile_shape(kernels.short_query), tile_shape(kernels.decode),
-       device_limits(device).num_sms, int(num_splits), int(pack_gqa), deterministic, paged});
+  const sgl_fa3::PlanInputs plan_inputs{
+      int(batch), int(seqlen_q), int(std::min<int64_t>(keys_bound, INT32_MAX)), int(num_heads), int(num_heads_k),
+      tile_shape(kernels.prefill), tile_shape(kernels.short_query), tile_shape(kernels.decode),
+      device_limits(device).num_sms, int(num_splits), int(pack_gqa), deterministic, paged};
+  sgl_fa3::Plan plan = sgl_fa3::plan_forward(plan_inputs);
   if (n_blocks_per_split > 0) {  // a precomputed plan (get_scheduler_metadata)
     STD_TORCH_CHECK(num_splits >= 1, "a precomputed plan needs num_splits >= 1");
     plan.num_splits = int(num_splits);
@@ -285,8 +315,9 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   // The Hopper family runs prefill tiles without split-KV over dense, packed or paged k/v
   // (check_attn_tensor's alignment makes every tensor TMA-addressable; paged rows are
   // gathered), with or without GQA packing (the planner's choice), and absorbed MLA with qv on
-  // its own tile. Decode and GQA-packed short queries (memory-bound: the portable few-row tiles
-  // read each K/V block once per KV head) and explicit splits stay portable.
+  // its own tile, which also splits the keys. Decode and GQA-packed short queries (memory-bound:
+  // the portable few-row tiles read each K/V block once per KV head) and explicit splits of the
+  // other tiles stay portable.
   const bool few_rows = plan.tile == sgl_fa3::TileKind::kDecode ||
                         (plan.tile == sgl_fa3::TileKind::kShortQuery && plan.pack_gqa);
   const BackendRequest request = backend_request();
@@ -296,14 +327,17 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   const char* sm90_blocker = sm90 == nullptr                              ? "no Hopper kernel for this GPU / head dims"
                              : head_dim_v > head_dim && !qv.has_value() ? "v head dim > head dim without qv"
                              : few_rows                                 ? "a decode-sized query (few rows per KV head)"
-                             : num_splits > 1                           ? "split-KV (num_splits > 1)"
+                             : num_splits > 1 && !qv.has_value()        ? "split-KV (num_splits > 1) without qv"
                                                                         : nullptr;
   STD_TORCH_CHECK(request != BackendRequest::kSm90 || sm90_blocker == nullptr,
                   "SGL_FLASH_ATTN3_BACKEND=sm90 cannot run this call: ", sm90_blocker);
   if (request != BackendRequest::kPortable && sm90_blocker == nullptr) {
+    const sgl_fa3::Plan split = qv.has_value() ? hopper_split_plan(plan_inputs, plan, sm90->prefill,
+                                                                   planned_block_n(kernels, plan), n_blocks_per_split)
+                                               : sgl_fa3::Plan{1, 0, plan.pack_gqa, plan.tile, false};
     p.pack_gqa = plan.pack_gqa;
-    p.num_splits = 1;
-    p.n_blocks_per_split = 0;
+    p.num_splits = split.num_splits;
+    p.n_blocks_per_split = split.n_blocks_per_split;
     p.num_sms = device_limits(device).num_sms;
     p.sm_margin = int(std::min<int64_t>(sm_margin, INT32_MAX));
     const torch::stable::accelerator::DeviceGuard guard(device);
@@ -312,7 +346,17 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     Tensor counter = torch::stable::new_empty(q, {1}, ScalarType::Int);
     p.tile_counter = static_cast<int*>(counter.data_ptr());
     check_launch(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream), "tile counter reset");
+    if (!split.use_combine) {
+      check_launch(sm90->prefill.launch(p, stream), "attention kernel launch");
+      return;
+    }
+    Tensor o_partial = torch::stable::new_empty(q, {split.num_splits, p.lse_rows, head_dim_v}, ScalarType::Float);
+    Tensor lse_partial = torch::stable::new_empty(q, {split.num_splits, p.lse_rows}, ScalarType::Float);
+    p.o_partial = static_cast<float*>(o_partial.data_ptr());
+    p.lse_partial = static_cast<float*>(lse_partial.data_ptr());
+    p.pdl = false;  // the persistent grid does not trigger its dependents early
     check_launch(sm90->prefill.launch(p, stream), "attention kernel launch");
+    check_launch(sgl_fa3::run_split_combine(p, stream), "split-KV combine launch");
     return;
   }
   const sgl_fa3::FwdKernel& kernel = plan.tile == sgl_fa3::TileKind::kDecode       ? kernels.decode

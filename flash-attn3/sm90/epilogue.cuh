@@ -30,11 +30,21 @@ struct Epilogue {
     return static_cast<Element*>(p.o) + w.seq.o_offset + int64_t(w.head(r)) * p.o_head_stride +
            int64_t(w.query(r)) * p.o_row_stride;
   }
-  static __device__ float* lse_entry(const FwdParams& p, const Work& w, int r) {
-    return p.lse + w.seq.lse_offset + int64_t(w.head(r)) * p.lse_head_stride + w.query(r);
+  // Row r's index into lse and into the split-KV partials (params.h).
+  static __device__ int64_t lse_index(const FwdParams& p, const Work& w, int r) {
+    return w.seq.lse_offset + int64_t(w.head(r)) * p.lse_head_stride + w.query(r);
   }
+  static __device__ float* lse_entry(const FwdParams& p, const Work& w, int r) { return p.lse + lse_index(p, w, r); }
+  // Split-KV partials leave the sink to the combine.
   static __device__ float sink_of(const FwdParams& p, const Work& w, int r) {
-    return p.sinks ? p.sinks[w.head(r)] : -INFINITY;
+    return p.sinks && !p.o_partial ? p.sinks[w.head(r)] : -INFINITY;
+  }
+  // Split-KV (absorbed-MLA tile): row r's fp32 partial O and its LSE slot for this split.
+  static __device__ float* o_partial_row(const FwdParams& p, const Work& w, int r) {
+    return p.o_partial + (int64_t(w.split) * p.lse_rows + lse_index(p, w, r)) * kDV;
+  }
+  static __device__ float* lse_partial_entry(const FwdParams& p, const Work& w, int r) {
+    return p.lse_partial + int64_t(w.split) * p.lse_rows + lse_index(p, w, r);
   }
 
   // The sink logit of each of this thread's accumulator rows (-inf without sinks).
@@ -120,8 +130,8 @@ struct Epilogue {
   }
 
   // Absorbed-MLA tile: this group's (64, dv / 2) accumulator o times o_scale, two adjacent
-  // columns per 4-byte store (a quad writes 16 contiguous bytes of a row); group 0 also writes
-  // the LSE.
+  // columns per 4-byte store (a quad writes 16 contiguous bytes of a row), or with split-KV per
+  // 8-byte fp32 store into the split's partials; group 0 also writes the LSE.
   template <class FragO, int kRows>
   static __device__ void store_split_dv(const FwdParams& p, const Work& w, int thread_idx, FragO& o,
                                         const float (&o_scale)[kRows], const float (&lse)[kRows]) {
@@ -131,13 +141,23 @@ struct Epilogue {
     Tensor coords = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDVGroup>>{}));
     Tensor coords_rc = make_tensor(coords.data(), rowcol_layout(coords.layout()));
     cutlass::NumericArrayConverter<Element, float, 2> cvt;
+    const bool partial = p.o_partial != nullptr;
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
       const int row = w.row0 + get<0>(coords_rc(i, 0));
       if (row > w.last_row) continue;
+      if (partial) {
+        float* out = o_partial_row(p, w, row) + group * kDVGroup;
+#pragma unroll
+        for (int j = 0; j < size<1>(o_rc); j += 2)  // columns j, j + 1 of the view are adjacent
+          *reinterpret_cast<float2*>(out + get<1>(coords_rc(i, j))) =
+              make_float2(o_rc(i, j) * o_scale[i], o_rc(i, j + 1) * o_scale[i]);
+        if (group == 0 && t % 4 == 0) *lse_partial_entry(p, w, row) = lse[i];
+        continue;
+      }
       Element* out = o_row(p, w, row) + group * kDVGroup;
 #pragma unroll
-      for (int j = 0; j < size<1>(o_rc); j += 2) {  // columns j, j + 1 of the view are adjacent
+      for (int j = 0; j < size<1>(o_rc); j += 2) {
         const cutlass::Array<float, 2> pair{o_rc(i, j) * o_scale[i], o_rc(i, j + 1) * o_scale[i]};
         *reinterpret_cast<cutlass::Array<Element, 2>*>(out + get<1>(coords_rc(i, j))) = cvt(pair);
       }
@@ -150,18 +170,27 @@ struct Epilogue {
     if (thread_idx % 128 == 0) tma_store_wait<0>();
   }
 
-  // Rows of a tile that sees no key: O = 0, LSE = the row's sink (-inf without sinks). Each
-  // group writes its 64 rows, or on the absorbed-MLA tile its half of the columns (group 0 the LSE).
+  // Rows of a tile that sees no key: O = 0, LSE = the row's sink (-inf without sinks; a split's
+  // partials: 0 and -inf). Each group writes its 64 rows, or on the absorbed-MLA tile its half
+  // of the columns (group 0 the LSE).
   static __device__ void store_empty(const FwdParams& p, const Work& w, int thread_idx) {
     const int group = thread_idx / 128, t = thread_idx % 128;
     const int row_base = w.row0 + (Traits::kQv ? 0 : group * 64), col_base = Traits::kQv ? group * kDVGroup : 0;
+    const bool partial = p.o_partial != nullptr;
     constexpr int kChunksPerRow = kDVGroup / 8;
     for (int c = t; c < 64 * kChunksPerRow; c += 128) {
       const int row = row_base + c / kChunksPerRow, col = col_base + (c % kChunksPerRow) * 8;
-      if (row <= w.last_row) *reinterpret_cast<uint4*>(o_row(p, w, row) + col) = uint4{0, 0, 0, 0};
+      if (row > w.last_row) continue;
+      if (partial) {
+        float4* out = reinterpret_cast<float4*>(o_partial_row(p, w, row) + col);
+        out[0] = out[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+      } else {
+        *reinterpret_cast<uint4*>(o_row(p, w, row) + col) = uint4{0, 0, 0, 0};
+      }
     }
     const int row = row_base + t;
-    if (t < 64 && row <= w.last_row && (!Traits::kQv || group == 0)) *lse_entry(p, w, row) = sink_of(p, w, row);
+    if (t < 64 && row <= w.last_row && (!Traits::kQv || group == 0))
+      *(partial ? lse_partial_entry(p, w, row) : lse_entry(p, w, row)) = sink_of(p, w, row);
   }
 };
 

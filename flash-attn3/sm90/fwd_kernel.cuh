@@ -106,9 +106,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
 
   const TileScheduler& scheduler = args.scheduler;
   const auto tile = [&](int t) {
-    int m_block, head, batch;
-    scheduler.coords(t, m_block, head, batch);
-    return typename Loop::Work(p, m_block, head, batch);
+    int m_block, split, head, batch;
+    scheduler.coords(t, m_block, split, head, batch);
+    return typename Loop::Work(p, m_block, head, batch, split);
   };
   if (role == Role::kProducer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();

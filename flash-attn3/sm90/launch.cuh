@@ -91,10 +91,13 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
   const int group = p.pack_gqa ? p.num_heads / p.num_heads_k : 1;
   const int units = p.pack_gqa ? p.num_heads_k : p.num_heads;
   const int64_t m_blocks = (int64_t(p.seqlen_q) * group + Traits::kBlockM - 1) / Traits::kBlockM;
-  const int64_t tiles = m_blocks * units * p.batch;
+  // Split-KV (the absorbed-MLA tile only; the binding plans it): num_splits tiles per row tile.
+  if (p.o_partial && !Traits::kQv) return cudaErrorInvalidValue;
+  const int splits = p.o_partial ? p.num_splits : 1;
+  const int64_t tiles = m_blocks * splits * units * p.batch;
   if (tiles == 0) return cudaSuccess;
   if (tiles > INT32_MAX - 2 * 1024) return cudaErrorInvalidValue;  // tile indices are 32-bit
-  const TileScheduler scheduler(int(m_blocks), units, p.batch, p.tile_counter);
+  const TileScheduler scheduler(int(m_blocks), splits, units, p.batch, p.tile_counter);
   // Persistent: one CTA per SM (the tile uses the whole shared memory), each walking the tiles;
   // sm_margin SMs stay free (at least one CTA runs).
   const dim3 grid(unsigned(std::min<int64_t>(tiles, std::max(p.num_sms - p.sm_margin, 1))));

@@ -1,7 +1,7 @@
 // One CTA's work item on the Hopper path, and where its tensors live: the tile of kBlockM rows of
 // one batch row (the queries of one head, or with pack_gqa the queries of every head of one KV
-// group folded into the rows), its key-block range and the visibility bounds that let interior
-// key blocks skip the per-element mask.
+// group folded into the rows), its key-block range (within its key split, when the call splits)
+// and the visibility bounds that let interior key blocks skip the per-element mask.
 #pragma once
 
 #include "../mask.h"
@@ -15,6 +15,7 @@ struct TileWork {
   SeqInfo seq;
   MaskPolicy mask;
   int m_block, head_kv, batch;
+  int split;  // key split (0 without split-KV)
   // Tile row r holds query query(r) of head head(r): without pack_gqa group = 1 and every row
   // has head head0; with it, group = heads per KV head and row r is query r / group of head
   // head0 + r % group (query positions stay non-decreasing in r, so the mask bounds do too).
@@ -26,11 +27,12 @@ struct TileWork {
   int lo_max, hi_min;  // every attending row sees [lo_max, hi_min]
 
   // unit: the scheduler's head coordinate, a query head (or a KV head with pack_gqa).
-  __device__ TileWork(const FwdParams& p, int m_block_, int unit, int batch_)
+  __device__ TileWork(const FwdParams& p, int m_block_, int unit, int batch_, int split_)
       : seq(p, batch_),
         mask{seq.seqlen_q, seq.seqlen_k, p.window_left, p.window_right, p.attention_chunk},
         m_block(m_block_),
-        batch(batch_) {
+        batch(batch_),
+        split(split_) {
     const int heads_per_kv = p.num_heads / p.num_heads_k;
     group = p.pack_gqa ? heads_per_kv : 1;
     head_kv = p.pack_gqa ? unit : unit / heads_per_kv;
@@ -44,6 +46,10 @@ struct TileWork {
     const int key_hi = any_used ? min(mask.hi(last_q), seq.seqlen_k - 1) : -1;
     n_block_min = key_lo / kBlockN;
     n_block_max = key_hi >= key_lo ? key_hi / kBlockN + 1 : n_block_min;
+    if (p.o_partial) {  // split-KV: this split's key blocks only
+      n_block_min = max(n_block_min, split * p.n_blocks_per_split);
+      n_block_max = min(n_block_max, (split + 1) * p.n_blocks_per_split);
+    }
     lo_max = any_used ? mask.lo(last_q) : 0;
     hi_min = any_used ? mask.hi(first_q) : -1;
   }
