@@ -21,7 +21,7 @@ using namespace cute;
 template <class Traits>
 struct Epilogue {
   using Element = typename Traits::Element;
-  using Work = TileWork<Traits::kBlockM, Traits::kBlockN>;
+  using Work = TileWork<Traits::kBlockM, Traits::kBlockN, Traits::kQv>;
   static constexpr int kBlockM = Traits::kBlockM, kDV = Traits::kDV, kDVGroup = Traits::kDVGroup;
   static constexpr int kBoxCols = Traits::kOBoxCols;
 

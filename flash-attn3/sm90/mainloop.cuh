@@ -126,7 +126,7 @@ struct Mainloop {
   using PipelineState = typename cutlass::PipelineState<Traits::kStages>;
   using QPipeline = typename Traits::QPipeline;
   using QState = typename cutlass::PipelineState<Traits::kQStages>;
-  using Work = TileWork<Traits::kBlockM, Traits::kBlockN>;
+  using Work = TileWork<Traits::kBlockM, Traits::kBlockN, Traits::kQv>;
   static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
   static constexpr int kD = Traits::kD, kDV = Traits::kDV;
 

@@ -10,7 +10,9 @@
 
 namespace sgl_fa3::sm90 {
 
-template <int kBlockM, int kBlockN>
+// kSplitKV: the tile may be one key split of its rows (the absorbed-MLA tile); the other tiles
+// compile without the clamp.
+template <int kBlockM, int kBlockN, bool kSplitKV>
 struct TileWork {
   SeqInfo seq;
   MaskPolicy mask;
@@ -46,7 +48,7 @@ struct TileWork {
     const int key_hi = any_used ? min(mask.hi(last_q), seq.seqlen_k - 1) : -1;
     n_block_min = key_lo / kBlockN;
     n_block_max = key_hi >= key_lo ? key_hi / kBlockN + 1 : n_block_min;
-    if (p.o_partial) {  // split-KV: this split's key blocks only
+    if (kSplitKV && p.o_partial) {  // split-KV: this split's key blocks only
       n_block_min = max(n_block_min, split * p.n_blocks_per_split);
       n_block_max = min(n_block_max, (split + 1) * p.n_blocks_per_split);
     }
