@@ -253,6 +253,10 @@ def test_op_guards_memory_safety_when_called_directly(fa3):
     misaligned = torch.empty(1, 64, 2, 68, device="cuda", dtype=torch.bfloat16)[..., 2:66]
     with pytest.raises(RuntimeError, match="16-byte aligned|multiple of"):
         fwd(*fwd_args(misaligned, q, q, torch.empty_like(q), lse))
+    with_qv = fwd_args(q, q, q, torch.empty_like(q), lse)
+    with_qv[5] = q  # qv on head dims whose tiles do not read it
+    with pytest.raises(RuntimeError, match=r"qv \(absorbed MLA\) needs head dim <= 64 and v head dim >= 256"):
+        fwd(*with_qv)
 
 
 def test_is_fa3_supported_on_this_gpu(fa3):

@@ -219,6 +219,9 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     check_attn_tensor(*qv, "qv", device, dtype, q_dims);
     for (int64_t i = 0; i + 1 < q_dims; ++i) STD_TORCH_CHECK(qv->size(i) == q.size(i), "qv must match q");
     STD_TORCH_CHECK(qv->size(q_dims - 1) == head_dim_v, "qv must have the v head dim");
+    // Only the absorbed-MLA tiles read qv; elsewhere it would be dropped.
+    STD_TORCH_CHECK(head_dim <= 64 && head_dim_v >= 256,
+                    "qv (absorbed MLA) needs head dim <= 64 and v head dim >= 256, got ", head_dim, " and ", head_dim_v);
   }
 
   check_cuda_on(softmax_lse, "softmax_lse", device);
