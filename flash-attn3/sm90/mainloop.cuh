@@ -657,6 +657,12 @@ struct Mainloop {
     PipelineState state_v = state;
     float o_scale[kRows];
     bool first_pv = true;
+    // P of the current block and its rows' factors to group 1.
+    auto hand_over = [&] {
+      wait_p_empty(smem, handoffs);
+      store_p(smem, pr, t);
+      pass_factors(smem, o_scale, t, handoffs);
+    };
 
     int n = w.n_block_max - 1;
     issue_scores(state);
@@ -669,9 +675,7 @@ struct Mainloop {
     convert_fragment(s, pr);
     // Q K^T and Qv V^T of the first block have read V: zero its tail before any P.V.
     if (v_tail_needs_zero(p, w)) zero_v_tail(smem, w, state_v, t, 128);
-    wait_p_empty(smem, handoffs);
-    store_p(smem, pr, t);
-    pass_factors(smem, o_scale, t, handoffs);
+    hand_over();
     for (--n; n >= w.n_block_min; --n) {
       issue_scores(state);
       if (!first_pv) scale_rows(o_rc, o_scale);
@@ -688,9 +692,7 @@ struct Mainloop {
       pipe_v.consumer_release(state_v);
       ++state_v;
       convert_fragment(s, pr);
-      wait_p_empty(smem, handoffs);
-    store_p(smem, pr, t);
-    pass_factors(smem, o_scale, t, handoffs);
+      hand_over();
     }
     if (!first_pv) scale_rows(o_rc, o_scale);
     wgmma(mma_pv, tOrP, v_group_operand(smem, thr_pv, state_v.index(), 0), o, first_pv);
