@@ -174,6 +174,24 @@ void check_launch(cudaError_t err, const char* what) {
 }
 
 // out = attention(q, k, v); writes `out` and `softmax_lse` in place.
+// Launches the forward kernel; with use_combine each split writes fp32 partials into workspace from
+// torch's caching allocator (safe under CUDA-graph capture) and the combine kernel merges them.
+// pdl: the combine may launch as a programmatic dependent of the forward grid.
+void launch_forward(const sgl_fa3::FwdKernel& kernel, sgl_fa3::FwdParams& p, const Tensor& like, bool use_combine,
+                    int64_t head_dim_v, bool pdl, cudaStream_t stream) {
+  if (!use_combine) {
+    check_launch(kernel.launch(p, stream), "attention kernel launch");
+    return;
+  }
+  Tensor o_partial = torch::stable::new_empty(like, {p.num_splits, p.lse_rows, head_dim_v}, ScalarType::Float);
+  Tensor lse_partial = torch::stable::new_empty(like, {p.num_splits, p.lse_rows}, ScalarType::Float);
+  p.o_partial = static_cast<float*>(o_partial.data_ptr());
+  p.lse_partial = static_cast<float*>(lse_partial.data_ptr());
+  p.pdl = pdl;
+  check_launch(kernel.launch(p, stream), "attention kernel launch");
+  check_launch(sgl_fa3::run_split_combine(p, stream), "split-KV combine launch");
+}
+
 // q (b, sq, h, d) | packed (total_q, h, d) with cu_seqlens_q; out like q with dv.
 // k/v (b_kv, sk, h_k, d|dv) | packed (total_k, h_k, .) with cu_seqlens_k | paged
 // (pages, page_size, h_k, .) with page_table (b, max_pages). lse (b, h, sq) | (h, total_q).
@@ -349,17 +367,8 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     Tensor counter = torch::stable::new_empty(q, {1}, ScalarType::Int);
     p.tile_counter = static_cast<int*>(counter.data_ptr());
     check_launch(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream), "tile counter reset");
-    if (!split.use_combine) {
-      check_launch(sm90->prefill.launch(p, stream), "attention kernel launch");
-      return;
-    }
-    Tensor o_partial = torch::stable::new_empty(q, {split.num_splits, p.lse_rows, head_dim_v}, ScalarType::Float);
-    Tensor lse_partial = torch::stable::new_empty(q, {split.num_splits, p.lse_rows}, ScalarType::Float);
-    p.o_partial = static_cast<float*>(o_partial.data_ptr());
-    p.lse_partial = static_cast<float*>(lse_partial.data_ptr());
-    p.pdl = false;  // the persistent grid does not trigger its dependents early
-    check_launch(sm90->prefill.launch(p, stream), "attention kernel launch");
-    check_launch(sgl_fa3::run_split_combine(p, stream), "split-KV combine launch");
+    // The persistent grid does not trigger its dependents early: no programmatic launch.
+    launch_forward(sm90->prefill, p, q, split.use_combine, head_dim_v, false, stream);
     return;
   }
   const sgl_fa3::FwdKernel& kernel = plan.tile == sgl_fa3::TileKind::kDecode       ? kernels.decode
@@ -374,19 +383,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   p.n_blocks_per_split = plan.n_blocks_per_split;
 
   const torch::stable::accelerator::DeviceGuard guard(device);
-  const cudaStream_t stream = current_stream(device);
-  if (plan.use_combine) {
-    // Workspace from torch's caching allocator (safe under CUDA-graph capture).
-    Tensor o_partial = torch::stable::new_empty(q, {plan.num_splits, p.lse_rows, head_dim_v}, ScalarType::Float);
-    Tensor lse_partial = torch::stable::new_empty(q, {plan.num_splits, p.lse_rows}, ScalarType::Float);
-    p.o_partial = static_cast<float*>(o_partial.data_ptr());
-    p.lse_partial = static_cast<float*>(lse_partial.data_ptr());
-    p.pdl = device_limits(device).major >= 9;
-    check_launch(kernel.launch(p, stream), "attention kernel launch");
-    check_launch(sgl_fa3::run_split_combine(p, stream), "split-KV combine launch");
-  } else {
-    check_launch(kernel.launch(p, stream), "attention kernel launch");
-  }
+  launch_forward(kernel, p, q, plan.use_combine, head_dim_v, device_limits(device).major >= 9, current_stream(device));
 }
 
 // Appends k_new/v_new to the cache at slot cache_seqlens[b] (+ page table / cache rows),

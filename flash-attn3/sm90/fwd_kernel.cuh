@@ -166,27 +166,24 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     for (int t = int(blockIdx.x); t < scheduler.num_tiles;) {
       const typename Loop::Work w = tile(t);
       if (w.has_rows()) {
-        if constexpr (Traits::kQv) {
-          if (w.has_keys()) {
+        if (w.has_keys()) {
+          if constexpr (Traits::kQv) {
             consume_split_dv<Traits>(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread_idx, score_to_log2,
                                      p_handoffs);
-            ++q_state;
           } else {
-            Epilogue<Traits>::store_empty(p, w, thread_idx);
+            Tensor o =
+                partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{});
+            constexpr int kRows = decltype(size<0>(make_tensor(o.data(), rowcol_layout(o.layout()))))::value;
+            OnlineSoftmax<kRows> softmax(score_to_log2);
+            Loop::consume(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread_idx, o, softmax);
+            float sink[kRows], o_scale[kRows], lse[kRows];
+            Epilogue<Traits>::row_sinks(p, w, thread_idx, sink);
+            softmax.finalize(sink, o_scale, lse);
+            Epilogue<Traits>::store(p, args.tma, smem, w, thread_idx, o, o_scale, lse);
+            // O was staged in Q's bytes: each consumer thread arrives on Q's empty barrier after
+            // its own reads of O (a one-CTA cluster: every consumer thread arrives).
+            if constexpr (Traits::kOInQ) pipe_q.consumer_release(q_state);
           }
-        } else if (w.has_keys()) {
-          Tensor o =
-              partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{});
-          constexpr int kRows = decltype(size<0>(make_tensor(o.data(), rowcol_layout(o.layout()))))::value;
-          OnlineSoftmax<kRows> softmax(score_to_log2);
-          Loop::consume(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread_idx, o, softmax);
-          float sink[kRows], o_scale[kRows], lse[kRows];
-          Epilogue<Traits>::row_sinks(p, w, thread_idx, sink);
-          softmax.finalize(sink, o_scale, lse);
-          Epilogue<Traits>::store(p, args.tma, smem, w, thread_idx, o, o_scale, lse);
-          // O was staged in Q's bytes: each consumer thread arrives on Q's empty barrier after
-          // its own reads of O (a one-CTA cluster: every consumer thread arrives).
-          if constexpr (Traits::kOInQ) pipe_q.consumer_release(q_state);
           ++q_state;
         } else {
           Epilogue<Traits>::store_empty(p, w, thread_idx);

@@ -564,10 +564,10 @@ struct Mainloop {
   // Both consumer groups work on the tile's 64 rows; group g accumulates O's columns
   // [g dv / 2, (g + 1) dv / 2). Per key block n (high to low):
   //   group 0: S_n = Q K_n^T + Qv V_n^T (smem x smem); release K_n; mask and softmax; hand P_n and
-  //            its rows' factors to group 1 (shared memory, kPFull); O_0 = O_0 f + P_n V_n[:, half 0]
+  //            its rows' factors to group 1 (shared memory, p_full); O_0 = O_0 f + P_n V_n[:, half 0]
   //            (P from registers), software-pipelined as in consume: the P.V of block n + 1 runs
   //            on the tensor cores while the softmax of block n does;
-  //   group 1: once P_n is there, O_1 = O_1 f + P_n V_n[:, half 1] (smem x smem), then kPEmpty.
+  //   group 1: once P_n is there, O_1 = O_1 f + P_n V_n[:, half 1] (smem x smem), then p_empty.
   // Thread t of either group holds the same rows (one-group MMAs of the same M), so group 0's
   // thread t passes its row factors to group 1's thread t through row_scale.
 
@@ -657,6 +657,14 @@ struct Mainloop {
     PipelineState state_v = state;
     float o_scale[kRows];
     bool first_pv = true;
+    // S_n has completed: release Q (after the last block) and K_n, mask and softmax.
+    auto finish_scores = [&](int n) {
+      release_q(n);
+      pipe_k.consumer_release(state);
+      ++state;
+      transform(w, n, s, s_rc, coords_rc);
+      softmax.update(s_rc, o_scale);
+    };
     // P of the current block and its rows' factors to group 1.
     auto hand_over = [&] {
       wait_p_empty(smem, handoffs);
@@ -667,11 +675,7 @@ struct Mainloop {
     int n = w.n_block_max - 1;
     issue_scores(state);
     warpgroup_wait<0>();
-    release_q(n);
-    pipe_k.consumer_release(state);
-    ++state;
-    transform(w, n, s, s_rc, coords_rc);
-    softmax.update(s_rc, o_scale);
+    finish_scores(n);
     convert_fragment(s, pr);
     // Q K^T and Qv V^T of the first block have read V: zero its tail before any P.V.
     if (v_tail_needs_zero(p, w)) zero_v_tail(smem, w, state_v, t, 128);
@@ -682,11 +686,7 @@ struct Mainloop {
       wgmma(mma_pv, tOrP, v_group_operand(smem, thr_pv, state_v.index(), 0), o, first_pv);
       first_pv = false;
       warpgroup_wait<1>();
-      release_q(n);
-      pipe_k.consumer_release(state);
-      ++state;
-      transform(w, n, s, s_rc, coords_rc);
-      softmax.update(s_rc, o_scale);
+      finish_scores(n);
       hold_until_wait(pr, p.num_heads <= 0, smem.k.data());
       warpgroup_wait<0>();
       pipe_v.consumer_release(state_v);
