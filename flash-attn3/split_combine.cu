@@ -7,7 +7,10 @@
 // columns with several loads in flight, and the split lanes are added in lane order. The
 // summation order depends only on num_splits and dv, so results are bitwise repeatable and
 // independent of the other rows. Spreading a row's num_splits x dv partials over many threads
-// keeps the combine at a few memory latencies instead of num_splits of them.
+// keeps the combine at a few memory latencies instead of num_splits of them. Packed rows past
+// cu_seqlens_q[batch] (a padded q, as under CUDA-graph replay) belong to no sequence: the forward
+// wrote no partials for them and the combine leaves their out and lse untouched, as the forward
+// does without splits.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -43,6 +46,11 @@ __device__ __forceinline__ float4 fma4(float w, float4 v, float4 acc) {
   return make_float4(acc.x + w * v.x, acc.y + w * v.y, acc.z + w * v.z, acc.w + w * v.w);
 }
 
+// Whether lse index `index` is a row of some sequence (the forward wrote its partials).
+__device__ __forceinline__ bool row_of_a_sequence(const FwdParams& p, int64_t index) {
+  return !p.cu_seqlens_q || index % p.lse_head_stride < p.cu_seqlens_q[p.batch];
+}
+
 template <typename Element>
 __global__ void __launch_bounds__(kThreads) split_combine_kernel(const __grid_constant__ FwdParams p, int rows,
                                                                  int split_lanes) {
@@ -61,6 +69,7 @@ __global__ void __launch_bounds__(kThreads) split_combine_kernel(const __grid_co
   for (int r = warp; r < rows; r += kWarps) {
     const int64_t index = first + r;
     if (index >= p.lse_rows) break;
+    if (!row_of_a_sequence(p, index)) continue;
     const int head = p.cu_seqlens_q ? int(index / p.lse_head_stride)
                                     : int(index % p.lse_batch_stride / p.lse_head_stride);
     const float sink = p.sinks ? p.sinks[head] : -INFINITY;
@@ -86,7 +95,7 @@ __global__ void __launch_bounds__(kThreads) split_combine_kernel(const __grid_co
   const int per_row = groups * split_lanes;
   const int r = threadIdx.x / per_row, split_lane = threadIdx.x % per_row / groups, group = threadIdx.x % groups;
   const int64_t index = first + r;
-  const bool active = r < rows && index < p.lse_rows;
+  const bool active = r < rows && index < p.lse_rows && row_of_a_sequence(p, index);
   if (active) {
     const float* src = p.o_partial + index * p.head_dim_v + group * 4;
     const int64_t split_stride = p.lse_rows * p.head_dim_v;

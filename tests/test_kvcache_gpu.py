@@ -66,6 +66,31 @@ def test_varlen_with_page_table(fa3, dtype):
           page_table=table, causal=True)
 
 
+@pytest.mark.parametrize("num_splits", [1, 3, 0])
+@pytest.mark.parametrize("dims", [(128, 128), (64, 512)], ids=["d128", "mla-dv512"])
+def test_padded_packed_q_rows_are_left_untouched(fa3, dims, num_splits):
+    """Packed q rows past cu_seqlens_q[-1] (a batch padded for CUDA-graph replay) belong to no
+    sequence: out keeps what it held there, split or not, and the rows of the sequences are right."""
+    torch.manual_seed(hash((dims, num_splits)) % 2**31)
+    d, dv = dims
+    absorbed_mla = dv > d
+    lq, lk, padding = [5, 1, 33], [300, 1, 900], 7
+    h, h_k, rows = 8, 1 if absorbed_mla else 2, sum(lq)
+    k_cache, v_cache, table = paged_cache(lk, 16, h_k, d, dv, torch.bfloat16)
+    q = randn(rows + padding, h, d)
+    qv = randn(rows + padding, h, dv) if absorbed_mla else None
+    out = poisoned_like((rows + padding, h, dv), torch.bfloat16, "cuda")
+    out[rows:] = 3.0
+    cu_q, seqlens = cu_seqlens(lq), ints(lk)
+    got, lse = fa3.flash_attn_with_kvcache(
+        q, k_cache, v_cache, qv=qv, cache_seqlens=seqlens, page_table=table, cu_seqlens_q=cu_q, max_seqlen_q=max(lq),
+        causal=True, num_splits=num_splits, return_softmax_lse=True, out=out,
+    )
+    assert torch.equal(out[rows:], torch.full_like(out[rows:], 3.0)), "a padding row was written"
+    check(fa3, "padded q", got[:rows], lse[:, :rows], q[:rows], k_cache, v_cache,
+          qv=None if qv is None else qv[:rows], cu_seqlens_q=cu_q, seqused_k=seqlens, page_table=table, causal=True)
+
+
 APPEND_CASES = [
     dict(),
     dict(rotary=True, interleaved=True),
