@@ -408,13 +408,13 @@ struct Mainloop {
     }
     // Scores of key block n -> masked scores (in place).
     template <class TensorS, class TensorSRC, class CoordsRC>
-    __device__ __forceinline__ void operator()(const Work& w, int n, TensorS& s, TensorSRC& s_rc,
+    __device__ __forceinline__ void operator()(const KeyBlocks& blocks, int n, TensorS& s, TensorSRC& s_rc,
                                                const CoordsRC& coords_rc) const {
       if (softcap) {
 #pragma unroll
         for (int i = 0; i < size(s); ++i) s(i) = tanhf(s(i) * softcap_in);
       }
-      if (w.block_needs_mask(n)) {
+      if (blocks.needs_mask(n)) {
         const int key0 = n * kBlockN;
 #pragma unroll
         for (int i = 0; i < kRows; ++i)
@@ -445,7 +445,9 @@ struct Mainloop {
     for (int i = thread; i < (kBlockN - rows) * kChunks; i += threads)
       *reinterpret_cast<uint4*>(&sV(rows + i / kChunks, i % kChunks * 8, st.index())) = make_uint4(0, 0, 0, 0);
     cutlass::arch::fence_view_async_shared();  // generic writes, read by wgmma (async proxy)
-    cutlass::arch::NamedBarrier::sync(threads, int(BarrierId::kVTail));
+    // Unaligned: a group that computes the block and one that skips it arrive from different
+    // instructions.
+    cutlass::arch::NamedBarrier(threads, int(BarrierId::kVTail)).arrive_and_wait_unaligned();
   }
 
   // Paged K/V blocks and packed GQA Q rows are written by cp.async (the generic proxy); wgmma
@@ -465,6 +467,11 @@ struct Mainloop {
   // statistics.
   // q_state: this tile's Q buffer. Unless O is staged in Q's bytes (then the kernel releases Q
   // after the epilogue), the consumers release Q as soon as their last Q K^T has completed.
+  // With Traits::kGroupKeyRanges each group computes only the key blocks its own 64 rows see
+  // (Work::rows_slice): on the causal diagonal of a 192-row tile, or with a window, fewer than the
+  // tile loads. Blocks outside its range it skips: it still takes and passes its wgmma turn and
+  // waits for and releases the stages, so the turns and pipelines stay in step with the other
+  // groups.
   template <class FragO, class Softmax>
   static __device__ void consume(const FwdParams& p, typename Traits::SharedStorage& smem, const Work& w,
                                  QPipeline& pipe_q, const QState& q_state, Pipeline& pipe_k, Pipeline& pipe_v,
@@ -490,10 +497,12 @@ struct Mainloop {
     // Coordinates of the thread's score elements within the tile.
     Tensor coords = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
     Tensor coords_rc = make_tensor(coords.data(), rowcol_layout(coords.layout()));
-    const ScoreTransform<kRows> transform(p, w, coords_rc);
-    auto score_transform = [&](int n) { transform(w, n, s, s_rc, coords_rc); };
-    // Ping-pong: wait for this group's turn before issuing wgmmas, pass it on after.
     const int group = thread_idx / 128;
+    const KeyBlocks wg =  // the key blocks of this group's rows
+        Traits::kGroupKeyRanges ? w.rows_slice(group * 64, 64).warp_uniform() : static_cast<const KeyBlocks&>(w);
+    const ScoreTransform<kRows> transform(p, w, coords_rc);
+    auto score_transform = [&](int n) { transform(wg, n, s, s_rc, coords_rc); };
+    // Ping-pong: wait for this group's turn before issuing wgmmas, pass it on after.
     const bool ping_pong = ping_pong_for(p);
     auto take_turn = [&] {
       if (ping_pong) cutlass::arch::NamedBarrier::sync(256, int(BarrierId::kScheduler) + group);
@@ -503,61 +512,84 @@ struct Mainloop {
         cutlass::arch::NamedBarrier::arrive(256, int(BarrierId::kScheduler) + (group + 1) % Traits::kConsumerGroups);
     };
     auto release_q = [&](int n) {
-      if (!Traits::kOInQ && n == w.n_block_min) pipe_q.consumer_release(q_state);
+      if (!Traits::kOInQ && n == wg.n_block_min) pipe_q.consumer_release(q_state);
     };
 
     const bool gathered = gathers(p);
     wait_q(p, pipe_q, q_state);
     PipelineState state_v = state;
-    float o_scale[kRows];
-    bool first_pv = true;
-
-    int n = w.n_block_max - 1;
-    wait_kv(gathered, pipe_k, state);
-    take_turn();
-    wgmma(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s, true);
-    pass_turn();
-    warpgroup_wait<0>();
-    release_q(n);
-    pipe_k.consumer_release(state);
-    ++state;
-    score_transform(n);
-    softmax.update(s_rc, o_scale);
-    convert_fragment(s, pr);
-    if (v_tail_needs_zero(p, w)) {  // after the first block's softmax: V may not have landed yet
-      wait_kv(gathered, pipe_v, state_v);
-      zero_v_tail(smem, w, state_v, thread_idx, Traits::kConsumerThreads);
-    }
-    for (--n; n >= w.n_block_min; --n) {
+    const bool zero_tail = v_tail_needs_zero(p, w);  // the tile's last block, whoever computes it
+    // A block none of the group's rows sees: one turn and both stages, no wgmma (the V tail is
+    // zeroed by every consumer thread together, so a group that skips that block joins in).
+    auto skip_block = [&](int n) {
+      take_turn();
+      pass_turn();
+      pipe_k.consumer_wait(state);
+      pipe_k.consumer_release(state);
+      ++state;
+      pipe_v.consumer_wait(state_v);
+      if (zero_tail && n == w.n_block_max - 1) zero_v_tail(smem, w, state_v, thread_idx, Traits::kConsumerThreads);
+      pipe_v.consumer_release(state_v);
+      ++state_v;
+    };
+    for (int n = w.n_block_max - 1; n >= wg.n_block_max; --n) skip_block(n);
+    if (wg.has_keys()) {
+      float o_scale[kRows];
+      bool first_pv = true;
+      int n = wg.n_block_max - 1;
       wait_kv(gathered, pipe_k, state);
-      wait_kv(gathered, pipe_v, state_v);
       take_turn();
       wgmma(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s, true);
-      // O holds nothing before the first P.V; after, rescale it by block n + 1's factor while
-      // the tensor cores run Q K_n^T.
-      if (!first_pv) scale_rows(o_rc, o_scale);
-      wgmma(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o, first_pv);
-      first_pv = false;
       pass_turn();
-      warpgroup_wait<1>();
+      warpgroup_wait<0>();
       release_q(n);
       pipe_k.consumer_release(state);
       ++state;
       score_transform(n);
       softmax.update(s_rc, o_scale);
-      hold_until_wait(pr, p.num_heads <= 0, smem.k.data());
+      convert_fragment(s, pr);
+      if (zero_tail && n == w.n_block_max - 1) {  // after the first block's softmax: V may not have landed yet
+        wait_kv(gathered, pipe_v, state_v);
+        zero_v_tail(smem, w, state_v, thread_idx, Traits::kConsumerThreads);
+      }
+      for (--n; n >= wg.n_block_min; --n) {
+        wait_kv(gathered, pipe_k, state);
+        wait_kv(gathered, pipe_v, state_v);
+        take_turn();
+        wgmma(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s, true);
+        // O holds nothing before the first P.V; after, rescale it by block n + 1's factor while
+        // the tensor cores run Q K_n^T.
+        if (!first_pv) scale_rows(o_rc, o_scale);
+        wgmma(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o, first_pv);
+        first_pv = false;
+        pass_turn();
+        warpgroup_wait<1>();
+        release_q(n);
+        pipe_k.consumer_release(state);
+        ++state;
+        score_transform(n);
+        softmax.update(s_rc, o_scale);
+        hold_until_wait(pr, p.num_heads <= 0, smem.k.data());
+        warpgroup_wait<0>();
+        pipe_v.consumer_release(state_v);
+        ++state_v;
+        convert_fragment(s, pr);
+      }
+      wait_kv(gathered, pipe_v, state_v);
+      take_turn();
+      if (!first_pv) scale_rows(o_rc, o_scale);
+      wgmma(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o, first_pv);
+      pass_turn();
       warpgroup_wait<0>();
       pipe_v.consumer_release(state_v);
-      ++state_v;
-      convert_fragment(s, pr);
+      ++state_v;  // the blocks below, if the group skips any, come next
+    } else {  // none of the group's rows sees a key: the final P.V's turn, and empty rows
+      take_turn();
+      pass_turn();
+      clear(o);
+      if (!Traits::kOInQ) pipe_q.consumer_release(q_state);
     }
-    wait_kv(gathered, pipe_v, state_v);
-    take_turn();
-    if (!first_pv) scale_rows(o_rc, o_scale);
-    wgmma(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o, first_pv);
-    pass_turn();
-    warpgroup_wait<0>();
-    pipe_v.consumer_release(state_v);
+    for (int n = wg.n_block_min - 1; n >= w.n_block_min; --n) skip_block(n);
   }
 
   // ---- The absorbed-MLA tile (Traits::kQv) ----

@@ -4,16 +4,33 @@
 // and the visibility bounds that let interior key blocks skip the per-element mask.
 #pragma once
 
+#include <climits>
+
 #include "../mask.h"
 #include "../params.h"
 #include "../seqinfo.cuh"
 
 namespace sgl_fa3::sm90 {
 
+// Key blocks [n_block_min, n_block_max) of some rows, of which [first_unmasked, last_unmasked]
+// are seen whole by every one of those rows (all of which attend): no per-element mask there.
+struct KeyBlocks {
+  int n_block_min, n_block_max;
+  int first_unmasked, last_unmasked;
+  __device__ bool has_keys() const { return n_block_max > n_block_min; }
+  __device__ bool needs_mask(int n) const { return n < first_unmasked || n > last_unmasked; }
+  // The same values, which the caller knows to be equal across the warp, passed through a shuffle
+  // from lane 0: that keeps them in uniform registers, off the consumers' tight register budget.
+  __device__ KeyBlocks warp_uniform() const {
+    return KeyBlocks{__shfl_sync(0xffffffffu, n_block_min, 0), __shfl_sync(0xffffffffu, n_block_max, 0),
+                     __shfl_sync(0xffffffffu, first_unmasked, 0), __shfl_sync(0xffffffffu, last_unmasked, 0)};
+  }
+};
+
 // kSplitKV: the tile may be one key split of its rows (the absorbed-MLA tile); the other tiles
 // compile without the clamp.
 template <int kBlockM, int kBlockN, bool kSplitKV>
-struct TileWork {
+struct TileWork : KeyBlocks {  // the tile's key blocks
   SeqInfo seq;
   MaskPolicy mask;
   int m_block, head_kv, batch;
@@ -25,8 +42,6 @@ struct TileWork {
   int row0;       // first row of the tile
   int last_row;   // last row written (rows past seqused_q are written as empty rows)
   int last_used;  // last row that attends (< row0: none)
-  int n_block_min, n_block_max;
-  int lo_max, hi_min;  // every attending row sees [lo_max, hi_min]
 
   // unit: the scheduler's head coordinate, a query head (or a KV head with pack_gqa).
   __device__ TileWork(const FwdParams& p, int m_block_, int unit, int batch_, int split_)
@@ -42,35 +57,49 @@ struct TileWork {
     row0 = m_block * kBlockM;
     last_row = min(row0 + kBlockM, seq.rows_q * group) - 1;
     last_used = min(last_row, seq.seqlen_q * group - 1);
-    const bool any_used = last_used >= row0;
-    const int first_q = query(row0), last_q = any_used ? query(last_used) : first_q;
-    const int key_lo = any_used ? max(mask.lo(first_q), 0) : 0;
-    const int key_hi = any_used ? min(mask.hi(last_q), seq.seqlen_k - 1) : -1;
-    n_block_min = key_lo / kBlockN;
-    n_block_max = key_hi >= key_lo ? key_hi / kBlockN + 1 : n_block_min;
+    int lo = 0, hi = INT_MAX;
     if (kSplitKV && p.o_partial) {  // split-KV: this split's key blocks only
-      n_block_min = max(n_block_min, split * p.n_blocks_per_split);
-      n_block_max = min(n_block_max, (split + 1) * p.n_blocks_per_split);
+      lo = split * p.n_blocks_per_split;
+      hi = (split + 1) * p.n_blocks_per_split;
     }
-    lo_max = any_used ? mask.lo(last_q) : 0;
-    hi_min = any_used ? mask.hi(first_q) : -1;
+    static_cast<KeyBlocks&>(*this) = blocks_of_rows(row0, last_row, KeyBlocks{lo, hi, 0, 0});
+  }
+
+  // The key blocks of rows [row0 + first, row0 + first + count) alone (one consumer warp group's
+  // rows): on a causal diagonal or a window fewer than the tile's, and fewer of them masked.
+  __device__ KeyBlocks rows_slice(int first, int count) const {
+    return blocks_of_rows(row0 + first, min(last_row, row0 + first + count - 1), *this);
   }
 
   __device__ int query(int r) const { return group == 1 ? r : r / group; }
   __device__ int head(int r) const { return group == 1 ? head0 : head0 + r % group; }
   __device__ bool has_rows() const { return row0 <= last_row; }
-  __device__ bool has_keys() const { return n_block_max > n_block_min; }
-  // Some attending row of the tile may not see all of key block n (or some row does not attend).
-  __device__ bool block_needs_mask(int n) const {
-    const int key0 = n * kBlockN;
-    return !(last_used == last_row && key0 >= lo_max && key0 + kBlockN - 1 <= hi_min);
-  }
   // Visible keys [lo, hi] of tile row r (empty for rows that do not attend).
   __device__ void row_bounds(int r, int& lo, int& hi) const {
     const bool attends = r <= last_used;
     const int q = query(r);
     lo = attends ? mask.lo(q) : 1;
     hi = attends ? mask.hi(q) : 0;
+  }
+
+ private:
+  // Key blocks of rows [first, last] within those of `within`. The mask's bounds are
+  // non-decreasing in the query, so the first and last attending rows give the range, and every
+  // row sees [lo(last), hi(first)]: block n lies inside when n kBlockN >= lo(last) and
+  // (n + 1) kBlockN - 1 <= hi(first).
+  __device__ KeyBlocks blocks_of_rows(int first, int last, const KeyBlocks& within) const {
+    const int used = min(last, last_used);
+    const bool any_used = used >= first;
+    const int first_q = query(first), last_q = any_used ? query(used) : first_q;
+    const int key_lo = any_used ? max(mask.lo(first_q), 0) : 0;
+    const int key_hi = any_used ? min(mask.hi(last_q), seq.seqlen_k - 1) : -1;
+    KeyBlocks b;
+    b.n_block_min = min(max(within.n_block_min, key_lo / kBlockN), within.n_block_max);
+    b.n_block_max = key_hi >= key_lo ? max(min(within.n_block_max, key_hi / kBlockN + 1), b.n_block_min) : b.n_block_min;
+    const bool all_attend = any_used && used == last;
+    b.first_unmasked = all_attend ? (mask.lo(last_q) + kBlockN - 1) / kBlockN : 1;
+    b.last_unmasked = all_attend ? MaskPolicy::floor_div(mask.hi(first_q) + 1, kBlockN) - 1 : 0;
+    return b;
   }
 };
 

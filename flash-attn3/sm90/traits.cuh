@@ -62,6 +62,14 @@ struct Traits {
   static constexpr int kConsumerGroups = kQv ? 2 : kBlockM / 64;
   static constexpr int kDVGroup = kQv ? kDV / 2 : kDV;  // O columns of one consumer group
   static constexpr int kConsumerThreads = kConsumerGroups * 128;
+  // Each consumer group bounds its own key blocks (Work::rows_slice) where the tile's rows are
+  // not a whole number of key blocks: there the causal diagonal crosses a block boundary inside
+  // the tile and the lower groups see fewer blocks (d64's 192 rows: 25% fewer on average at 1k
+  // keys). Same-process A/B on an H200, bf16, 512-4k: d64 causal +5-12%, d192 / d256 causal
+  // +0-3% (non-causal -1-3% at 512-1k). Where kBlockM is a multiple of kBlockN the groups' ranges
+  // coincide on the diagonal and only the bookkeeping would remain (a full-table run had d128
+  // 1-7% slower with it), so d96 / d128 keep one range per tile.
+  static constexpr bool kGroupKeyRanges = !kQv && kBlockM % kBlockN != 0;
   static constexpr int kThreads = kConsumerThreads + 128;
   // setmaxnreg split of the 64K registers (multiples of 8; producer + consumers <= 65536 / 128).
   static constexpr int kProducerRegs = kConsumerGroups == 2 ? 24 : 32;
