@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Prefill throughput of two or more builds of this package in one process (A/B of a change).
+
+    python scripts/ab_prefill.py BASE_BUILD NEW_BUILD [--seqlens 512,1024] [--hdims 64,128]
+
+Each argument is a build folder (the `build/` of a checkout: `kernels.get_local_kernel` loads it).
+Shapes as in bench_prefill.py (bf16, batch * seqlen = 16k, heads * d = 2048); each point is timed
+in two alternating rounds and the best of each build is kept, so that clock drift during the run
+does not favour one build. Prints TFLOP/s and the ratio to the first build, then the geometric
+mean of those ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+import bench_prefill as bp
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("builds", nargs="+", type=Path, help="build folders; the first is the baseline")
+    parser.add_argument("--seqlens", default="512,1024,2048,4096")
+    parser.add_argument("--hdims", default="64,96,128,192,256")
+    args = parser.parse_args()
+    if len(args.builds) < 2:
+        parser.error("give at least two builds to compare")
+    from kernels import get_local_kernel
+
+    builds = [get_local_kernel(b) for b in args.builds]
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
+    ratios: list[list[float]] = [[] for _ in builds]
+    for d in (int(x) for x in args.hdims.split(",")):
+        for causal in (False, True):
+            for seqlen in (int(x) for x in args.seqlens.split(",")):
+                best = [0.0] * len(builds)
+                for _ in range(2):
+                    for i, fa3 in enumerate(builds):
+                        ours, cudnn = bp.measure(fa3, bp.PEERS["cudnn"], torch.bfloat16, d, d, causal, seqlen)
+                        best[i] = max(best[i], ours)
+                for i, x in enumerate(best):
+                    ratios[i].append(x / best[0])
+                cells = " ".join(f"{x:.1f} ({x / best[0]:.3f})" for x in best)
+                print(f"d{d} causal={int(causal)} seqlen={seqlen} cudnn {cudnn:.0f} | {cells}", flush=True)
+    means = " ".join(f"{math.exp(sum(map(math.log, r)) / len(r)):.4f}" for r in ratios)
+    print(f"# geomean vs the first build: {means}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
