@@ -65,10 +65,10 @@ struct Traits {
   // Each consumer group bounds its own key blocks (Work::rows_slice) where the tile's rows are
   // not a whole number of key blocks: there the causal diagonal crosses a block boundary inside
   // the tile and the lower groups see fewer blocks (d64's 192 rows: 25% fewer on average at 1k
-  // keys). scripts/ab_prefill.py on an H200, bf16, 512-4k: d64 causal +5-12%, d192 / d256 causal
-  // +0-3% (non-causal -1-3% at 512-1k). Where kBlockM is a multiple of kBlockN the groups' ranges
-  // coincide on the diagonal and only the bookkeeping would remain (a full-table run had d128
-  // 1-7% slower with it), so d96 / d128 keep one range per tile.
+  // keys). scripts/ab_prefill.py on an H200, bf16, 512-4k: d64 causal +3-12% in two runs; d192 /
+  // d256 causal +0-3%, non-causal -1-4% at 512-1k, both within what one build reads against
+  // itself (+-4% at a point). Where kBlockM is a multiple of kBlockN the groups' ranges coincide
+  // on the diagonal and only the bookkeeping would remain, so d96 / d128 keep one range per tile.
   static constexpr bool kGroupKeyRanges = !kQv && kBlockM % kBlockN != 0;
   static constexpr int kThreads = kConsumerThreads + 128;
   // setmaxnreg split of the 64K registers (multiples of 8; producer + consumers <= 65536 / 128).
