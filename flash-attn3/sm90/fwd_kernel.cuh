@@ -7,8 +7,9 @@
 // next tile while the consumers finish the current one; with paged k/v the whole warp group
 // stays and gathers the K/V rows with cp.async, and with packed GQA rows the Q rows. Warp
 // groups 1..G consume: each takes 64 query rows of the tile (on the absorbed-MLA tile both take
-// the same 64 rows and split O's columns), runs the main loop (mainloop.cuh) with the registers
-// the producer gave up, then the epilogue (epilogue.cuh).
+// the same 64 rows and split O's columns), runs the main loop (mainloop.cuh; where the tile's
+// rows are not a whole number of key blocks, over the key blocks its own rows see) with the
+// registers the producer gave up, then the epilogue (epilogue.cuh).
 // Tiles whose rows see no key skip the pipelines: the consumers write their empty rows directly.
 // The producer draws each next tile and hands its index to the consumers through shared memory.
 #pragma once
