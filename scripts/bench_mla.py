@@ -16,7 +16,6 @@ timings.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bench_prefill import gemm_tflops, load_kernel, median_ms
+from bench_prefill import load_kernel, median_ms, run_context
 from bench_table import write_table
 
 COLUMNS = ("dtype,hdim,hdim_v,causal,batch,seqlen_q,seqlen_k,nheads,ours_tflops,portable_tflops,cudnn_tflops,"
@@ -71,10 +70,7 @@ def main() -> int:
     parser.add_argument("--dvs", default="512,256")
     args = parser.parse_args()
     fa3 = load_kernel()
-    device = torch.cuda.get_device_name()
-    date = datetime.date.today().isoformat()
-    print(f"# {device}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}", file=sys.stderr)
-    gemm = gemm_tflops()
+    device, date, gemm = run_context()
     rows = []
     dtype = torch.bfloat16
     for dv in (int(x) for x in args.dvs.split(",")):

@@ -55,6 +55,14 @@ def gemm_tflops() -> float:
     return 2 * 8192**3 / median_ms(lambda: a @ b) / 1e9
 
 
+def run_context() -> tuple[str, str, float]:
+    """The GPU's name and today's date for the table rows, printed with the versions, and the
+    bf16 GEMM rate of this run."""
+    device = torch.cuda.get_device_name()
+    print(f"# {device}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}", file=sys.stderr)
+    return device, datetime.date.today().isoformat(), gemm_tflops()
+
+
 def attention_flops(batch: int, heads: int, seqlen: int, d: int, dv: int, causal: bool) -> float:
     flops = 2 * batch * heads * seqlen * seqlen * (d + dv)
     return flops / 2 if causal else flops
@@ -97,10 +105,7 @@ def main() -> int:
     os.environ["SGL_FLASH_ATTN3_BACKEND"] = args.backend
 
     fa3 = load_kernel()
-    device = torch.cuda.get_device_name()
-    date = datetime.date.today().isoformat()
-    print(f"# {device}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}", file=sys.stderr)
-    gemm = gemm_tflops()
+    device, date, gemm = run_context()
     rows = []
     for dname in args.dtypes.split(","):
         for d in (int(x) for x in args.hdims.split(",")):
