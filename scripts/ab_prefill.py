@@ -2,18 +2,21 @@
 """Prefill throughput of two or more builds of this package in one process (A/B of a change).
 
     python scripts/ab_prefill.py BASE_BUILD NEW_BUILD [--seqlens 512,1024] [--hdims 64,128]
+    python scripts/ab_prefill.py BASE_BUILD NEW_BUILD --backend portable --peer fa2
 
 Each argument is a build folder (the `build/` of a checkout: `kernels.get_local_kernel` loads it).
 Shapes as in bench_prefill.py (bf16, batch * seqlen = 16k, heads * d = 2048); each point is timed
 in two alternating rounds and the best of each build is kept, so that clock drift during the run
 does not favour one build. Prints TFLOP/s and the ratio to the first build, then the geometric
-mean of those ratios.
+mean of those ratios. --backend picks the kernel family (SGL_FLASH_ATTN3_BACKEND), --peer the
+SDPA backend printed beside them.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -27,9 +30,12 @@ def main() -> int:
     parser.add_argument("builds", nargs="+", type=Path, help="build folders; the first is the baseline")
     parser.add_argument("--seqlens", default="512,1024,2048,4096")
     parser.add_argument("--hdims", default="64,96,128,192,256")
+    parser.add_argument("--backend", choices=("auto", "portable", "sm90"), default="auto")
+    parser.add_argument("--peer", choices=sorted(bp.PEERS), default="cudnn")
     args = parser.parse_args()
     if len(args.builds) < 2:
         parser.error("give at least two builds to compare")
+    os.environ["SGL_FLASH_ATTN3_BACKEND"] = args.backend
     from kernels import get_local_kernel
 
     builds = [get_local_kernel(b) for b in args.builds]
@@ -41,12 +47,12 @@ def main() -> int:
                 best = [0.0] * len(builds)
                 for _ in range(2):
                     for i, fa3 in enumerate(builds):
-                        ours, cudnn = bp.measure(fa3, bp.PEERS["cudnn"], torch.bfloat16, d, d, causal, seqlen)
+                        ours, peer = bp.measure(fa3, bp.PEERS[args.peer], torch.bfloat16, d, d, causal, seqlen)
                         best[i] = max(best[i], ours)
                 for i, x in enumerate(best):
                     ratios[i].append(x / best[0])
                 cells = " ".join(f"{x:.1f} ({x / best[0]:.3f})" for x in best)
-                print(f"d{d} causal={int(causal)} seqlen={seqlen} cudnn {cudnn:.0f} | {cells}", flush=True)
+                print(f"d{d} causal={int(causal)} seqlen={seqlen} {args.peer} {peer:.0f} | {cells}", flush=True)
     means = " ".join(f"{math.exp(sum(map(math.log, r)) / len(r)):.4f}" for r in ratios)
     print(f"# geomean vs the first build: {means}")
     return 0

@@ -122,6 +122,18 @@ struct KVLayout {
   }
 };
 
+// Rows `stride` elements apart from `base` (unpaged K / V): a row source load_tile can step through.
+template <typename Element>
+struct StridedRows {
+  const Element* base;
+  int64_t stride;
+  __device__ const Element* operator()(int r) const { return base + int64_t(r) * stride; }
+};
+template <typename T>
+inline constexpr bool is_strided_rows = false;
+template <typename Element>
+inline constexpr bool is_strided_rows<StridedRows<Element>> = true;
+
 // Copies rows [0, rows_valid) of a (kRows, Tile::kCols) tile into shared memory laid out as
 // Tile; rows past the end are zero-filled so no stale or NaN data reaches the MMA.
 // `src(row)` is the global address of a row; callers guarantee rows_valid >= 1 (row 0 stands in
@@ -137,11 +149,24 @@ __device__ __forceinline__ void load_tile(Element* smem, const RowAddr& src, int
   if constexpr (kNThreads % kChunksPerRow == 0 && kChunks % kNThreads == 0) {
     constexpr int kRowStep = kNThreads / kChunksPerRow;
     const int row0 = threadIdx.x / kChunksPerRow, col = (threadIdx.x % kChunksPerRow) * 8;
+    // Strided rows: one pointer stepped from row to row. `base + row * stride` per row would
+    // be hoisted out of the key-block loop as kIters loop-invariant 64-bit products, registers
+    // the large-head-dim tiles do not have.
+    [[maybe_unused]] const Element* strided = nullptr;
+    [[maybe_unused]] int64_t step = 0;
+    if constexpr (is_strided_rows<RowAddr>) strided = src(row0), step = kRowStep * src.stride;
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
       const int row = row0 + it * kRowStep;
       const bool valid = row < rows_valid;
-      cp_async_16(smem + Tile::offset(row, col), (valid ? src(row) : fallback) + col, valid);
+      const Element* row_src;
+      if constexpr (is_strided_rows<RowAddr>) {
+        row_src = strided;
+        strided += step;
+      } else {
+        row_src = src(row);
+      }
+      cp_async_16(smem + Tile::offset(row, col), (valid ? row_src : fallback) + col, valid);
     }
   } else {
 #pragma unroll
@@ -277,12 +302,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       load_tile<kNThreads, kBlockN, typename Traits::TileV>(sK + Traits::kSmemK, [&](int r) { return gV + offs[kBlockN + r]; },
                                                rows_valid);
     } else {
-      const Element* k0 = gK + int64_t(key0) * params.k_row_stride;
-      const Element* v0 = gV + int64_t(key0) * params.v_row_stride;
-      load_tile<kNThreads, kBlockN, typename Traits::TileQ>(sK, [&](int r) { return k0 + int64_t(r) * params.k_row_stride; },
-                                              rows_valid);
-      load_tile<kNThreads, kBlockN, typename Traits::TileV>(
-          sK + Traits::kSmemK, [&](int r) { return v0 + int64_t(r) * params.v_row_stride; }, rows_valid);
+      const StridedRows<Element> k_rows{gK + int64_t(key0) * params.k_row_stride, params.k_row_stride};
+      const StridedRows<Element> v_rows{gV + int64_t(key0) * params.v_row_stride, params.v_row_stride};
+      load_tile<kNThreads, kBlockN, typename Traits::TileQ>(sK, k_rows, rows_valid);
+      load_tile<kNThreads, kBlockN, typename Traits::TileV>(sK + Traits::kSmemK, v_rows, rows_valid);
     }
   };
   // Paged row offsets of block n_block into the buffer of `stage` (rows past the end: 0, unread).
@@ -351,18 +374,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
   }
 
-  // Loop-invariant visibility: each thread's rows' [lo, hi] key bounds (empty for rows past
-  // seqused_q), and the tile-wide bounds that make a key block need no per-element test.
-  int key_bounds[kMSlabs][2][2];
-#pragma unroll
-  for (int s = 0; s < kMSlabs; ++s)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int tr = row0 + warp_row0 + s * 16 + g + 8 * r;
-      const bool attends = tr < used_rows;
-      key_bounds[s][r][0] = attends ? mask.lo(rows.query(tr)) : 1;
-      key_bounds[s][r][1] = attends ? mask.hi(rows.query(tr)) : 0;
-    }
+  // Tile-wide bounds that make a key block need no per-element test.
   const bool all_rows_used = last_used == last_row;
   const int tile_lo_max = any_used ? mask.lo(rows.query(last_used)) : 0;
   const int tile_hi_min = any_used ? mask.hi(rows.query(row0)) : -1;
@@ -407,17 +419,24 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
     // Per-element test only where some row of the tile may not see the whole key block.
     if (!(all_rows_used && key0 >= tile_lo_max && key0 + kBlockN - 1 <= tile_hi_min)) {
+      // Each row's bounds are recomputed here rather than kept in registers across the loop:
+      // only boundary blocks come this way, and the 4 * kMSlabs registers they would hold are
+      // what the large-head-dim tiles lack (d128 spilled with them).
 #pragma unroll
       for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
-        for (int r = 0; r < 2; ++r)
+        for (int r = 0; r < 2; ++r) {
+          const int tr = row0 + warp_row0 + s * 16 + g + 8 * r;
+          const bool attends = tr < used_rows;
+          const int lo = attends ? mask.lo(rows.query(tr)) : 1, hi = attends ? mask.hi(rows.query(tr)) : 0;
 #pragma unroll
           for (int i = 0; i < kNTilesS; ++i)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int key = key0 + warp_key0 + i * 8 + 2 * t + e;
-              if (key < key_bounds[s][r][0] || key > key_bounds[s][r][1]) acc_s[s][i][2 * r + e] = -INFINITY;
+              if (key < lo || key > hi) acc_s[s][i][2 * r + e] = -INFINITY;
             }
+        }
     }
 
     // Online softmax; the four lanes of a quad share a row.

@@ -11,16 +11,19 @@ namespace sgl_fa3::portable {
 // Tiles per (d, dv): kM, kN, row warps, column warps, Q fragments in registers, K/V stages.
 //
 // Prefill. With one 16-row slab per warp every K/V fragment loaded by ldmatrix feeds only two
-// MMAs and the loop is bound by shared-memory bandwidth, so small head dims give each warp two
-// slabs (kM 128 over 4 warps). Large head dims cannot hold two slabs of O in registers and use
-// 8 warps of one slab; d128 takes kN 32 to keep two slabs of O and S within 255 registers, d256
-// to stay within the 163 KB of shared memory an A100 block can have.
-// Q stays in registers only where it fits next to O and S (d64). Absorbed MLA (64 -> 256/512)
-// splits the output columns over column warps (O would need 128-256 registers per thread).
-// Two stages: the next K/V block loads while the current one is computed.
-// Swizzled smem rows (see RowTile) for d64, where they measured 2-4% faster on an H100; the
-// larger prefill tiles keep padded rows: the swizzle's address arithmetic pushed d128 (kN 32,
-// 255 registers) from 16 to 52 bytes of spills and 5-7% slower.
+// MMAs and the loop is bound by shared-memory bandwidth, so d64 / d96 / d128 give each warp two
+// slabs (kM 128 over 4 warps); the larger head dims cannot hold two slabs of O in registers and
+// use 8 warps of one slab. A long key block halves the per-block softmax, O rescale and barrier
+// cost: d64 takes kN 128 with Q re-read from smem (S needs the registers Q would hold), d128
+// kN 64. Measured on an H200 (bf16) against the previous tiles, 128 / 64 with Q in registers and
+// 128 / 32: d64 +5 to +16% non-causal, +6 to +8% causal >= 4k, -5% causal 512; d128 +1 to +9%
+// at seqlen >= 1k, -6% causal 512 (tiles of 1-4 key blocks, the diagonal one half masked).
+// d128 spills 92 bytes on sm90a: 11 local loads / stores per key block beside its 256
+// MMAs, and still the fastest of the tiles measured. d256 takes kN 32 to stay
+// within the 163 KB of shared memory an A100 block can have. Absorbed MLA (64 -> 256/512) splits
+// the output columns over column warps (O would need 128-256 registers per thread). Two stages:
+// the next K/V block loads while the current one is computed.
+// Swizzled smem rows (see RowTile) for d64 and d128; the other prefill tiles keep padded rows.
 //
 // Decode (at most 16 rows after GQA packing). One 16-row slab, four warps splitting each key
 // block, and three K/V stages (~100 KB) in flight per CTA: two CTAs per SM cover the memory
@@ -28,9 +31,9 @@ namespace sgl_fa3::portable {
 template <int kD, int kDV>
 struct PrefillTile;
 // clang-format off
-template <> struct PrefillTile<64, 64>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = true, kSwizzle = true; };
+template <> struct PrefillTile<64, 64>   { static constexpr int kM = 128, kN = 128, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = true; };
 template <> struct PrefillTile<96, 96>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
-template <> struct PrefillTile<128, 128> { static constexpr int kM = 128, kN = 32, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
+template <> struct PrefillTile<128, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = true; };
 template <> struct PrefillTile<192, 192> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
 template <> struct PrefillTile<192, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
 template <> struct PrefillTile<256, 256> { static constexpr int kM = 128, kN = 32, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
