@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Representative KV-cache calls of the portable family (decode and short-query tiles with
 swizzled and padded shared-memory rows, split-KV with the combine kernel, paged caches of 1 and 16 keys, in-place
-append with rotary, absorbed-MLA qv, deterministic splits) for running under compute-sanitizer,
-without the reference (whose host code the tools slow down):
+append with rotary, absorbed-MLA qv, deterministic splits), and its d64 / d128 prefill tiles on
+ragged, causal and windowed problems, for running under compute-sanitizer, without the reference
+(whose host code the tools slow down):
 
     compute-sanitizer --tool memcheck  python scripts/sanitize_decode.py
     compute-sanitizer --tool racecheck python scripts/sanitize_decode.py
     compute-sanitizer --tool synccheck python scripts/sanitize_decode.py
 """
+import os
 from pathlib import Path
 
 import torch
@@ -48,6 +50,13 @@ def main() -> None:
     fa3.flash_attn_with_kvcache(randn(3, 1, 16, 64), randn(3, 800, 1, 64), ckv, qv=randn(3, 1, 16, 512),
                                 cache_seqlens=seqlens, causal=True)
     fa3.flash_attn_with_kvcache(randn(3, 1, 8, 128), k, v, cache_seqlens=seqlens, causal=True, deterministic=True)
+    os.environ["SGL_FLASH_ATTN3_BACKEND"] = "portable"  # prefill would run on the Hopper family
+    for d in (64, 128):
+        q, k, v = randn(2, 333, 4, d), randn(2, 461, 4, d), randn(2, 461, 4, d)
+        fa3.flash_attn_func(q, k, v)
+        fa3.flash_attn_func(q, k, v, causal=True)
+        fa3.flash_attn_func(q, k, v, window_size=(100, 20))
+    del os.environ["SGL_FLASH_ATTN3_BACKEND"]
     torch.cuda.synchronize()
     print("sanitizer calls done")
 
