@@ -81,9 +81,11 @@ struct FwdTraits {
   static constexpr int kSmemRowOffsets = kStages * 2 * kBlockN * int(sizeof(int64_t));
   static constexpr int kSmemMain = (kSmemQ + kSmemQv + kStages * kSmemStage) * int(sizeof(Element));
   // Epilogue, reusing the main-loop smem: fp32 O of each key warp (rows padded by 8 floats so
-  // the fragment stores of 8 rows spread over the banks), then per-row max and sum.
+  // the fragment stores of 8 rows spread over the banks), per-row max and sum, then each row's
+  // output offset.
   static constexpr int kRowO = kDV + 8;
-  static constexpr int kSmemEpilogue = kKeyWarps * kBlockM * (kRowO + 2) * int(sizeof(float));
+  static constexpr int kSmemEpilogue =
+      kKeyWarps * kBlockM * (kRowO + 2) * int(sizeof(float)) + kBlockM * int(sizeof(int64_t));
   static constexpr int kSmemBytes = (kSmemMain > kSmemEpilogue ? kSmemMain : kSmemEpilogue) + kSmemRowOffsets;
 
   static_assert(kMSlabs * 16 * kRowWarps == kBlockM, "row warps must tile kBlockM in 16-row slabs");
@@ -507,14 +509,23 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   // for this grid's partial outputs before reading them.
   if (partial) allow_dependent_launch();
 
-  // Epilogue. Each warp parks its unnormalised O and its row statistics (max in log2 units, sum)
-  // in smem; then every thread merges the key warps for 4 columns of a row at a time, folds in
-  // the sink (final output only) and writes 16-byte chunks.
+  // Epilogue, over the main-loop smem:
+  //  1. each warp parks its unnormalised O (fp32) and its rows' statistics (max in log2 units,
+  //     sum) in smem;
+  //  2. one thread per row merges the key warps' statistics, folds in the sink (final output
+  //     only), writes the row's LSE and leaves in smem each key warp's weight for the row (its
+  //     rescale times the row's normaliser) and the row's offset in the output;
+  //  3. every thread sums the weighted key-warp O over 8 columns of a row at a time and writes
+  //     16-byte chunks.
+  // Step 2 keeps the per-row work (exp / log, the row -> (query, head) map) out of the per-chunk
+  // loop: done per chunk, the epilogue of a d128 tile over 128 keys took as many issue slots as
+  // its two key blocks.
   cp_async_wait<0>();
   __syncthreads();  // the main-loop smem is free
-  float* sO = reinterpret_cast<float*>(smem_raw);                             // (kKeyWarps, kBlockM, kRowO)
-  float* sMax = sO + Traits::kKeyWarps * kBlockM * Traits::kRowO;            // (kKeyWarps, kBlockM)
-  float* sSum = sMax + Traits::kKeyWarps * kBlockM;                          // (kKeyWarps, kBlockM)
+  float* sO = reinterpret_cast<float*>(smem_raw);                   // (kKeyWarps, kBlockM, kRowO)
+  float* sMax = sO + Traits::kKeyWarps * kBlockM * Traits::kRowO;  // (kKeyWarps, kBlockM); step 2: weights
+  float* sSum = sMax + Traits::kKeyWarps * kBlockM;                // (kKeyWarps, kBlockM)
+  int64_t* sRowOut = reinterpret_cast<int64_t*>(sSum + Traits::kKeyWarps * kBlockM);  // (kBlockM)
 #pragma unroll
   for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
@@ -534,30 +545,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
   __syncthreads();
 
-  constexpr int kCols = 8;  // columns per step: one 16-byte store of the output
-  constexpr int kChunks = kDV / kCols;
-  static_assert(kDV % kCols == 0, "the epilogue writes 8 output columns at a time");
   const int rows_here = last_row - row0 + 1;
-  Element* gO = static_cast<Element*>(params.o) + seq.o_offset;
-  for (int idx = threadIdx.x; idx < rows_here * kChunks; idx += kNThreads) {
-    const int row = idx / kChunks, col = (idx % kChunks) * kCols;
+  for (int row = threadIdx.x; row < rows_here; row += kNThreads) {
     const int query = rows.query(row0 + row), head = rows.head(row0 + row);
     float m_log2 = -INFINITY;
 #pragma unroll
     for (int w = 0; w < Traits::kKeyWarps; ++w) m_log2 = fmaxf(m_log2, sMax[w * kBlockM + row]);
-    float sum = 0.f, acc[kCols] = {};
-    if (m_log2 != -INFINITY) {
+    float scale[Traits::kKeyWarps], sum = 0.f;
 #pragma unroll
-      for (int w = 0; w < Traits::kKeyWarps; ++w) {
-        const float scale = exp2f(sMax[w * kBlockM + row] - m_log2);  // 0 for warps that saw no key
-        const float* o = sO + (w * kBlockM + row) * Traits::kRowO + col;
-        sum += scale * sSum[w * kBlockM + row];
-#pragma unroll
-        for (int c = 0; c < kCols; c += 4) {
-          const float4 v = *reinterpret_cast<const float4*>(o + c);
-          acc[c] += scale * v.x, acc[c + 1] += scale * v.y, acc[c + 2] += scale * v.z, acc[c + 3] += scale * v.w;
-        }
-      }
+    for (int w = 0; w < Traits::kKeyWarps; ++w) {  // 0 for warps that saw no key
+      scale[w] = m_log2 == -INFINITY ? 0.f : exp2f(sMax[w * kBlockM + row] - m_log2);
+      sum += scale[w] * sSum[w * kBlockM + row];
     }
     // Natural-log units; the sink enters the final output only (the combine adds it to splits).
     const float m_nat = m_log2 * kLn2;
@@ -571,20 +569,44 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       lse = m_all + logf(total);
     }
 #pragma unroll
-    for (int c = 0; c < kCols; ++c) acc[c] *= o_scale;
+    for (int w = 0; w < Traits::kKeyWarps; ++w) sMax[w * kBlockM + row] = scale[w] * o_scale;
     const int64_t lse_index = seq.lse_offset + int64_t(head) * params.lse_head_stride + query;
     if (partial) {
-      float* out = params.o_partial + (int64_t(split) * params.lse_rows + lse_index) * kDV + col;
+      params.lse_partial[int64_t(split) * params.lse_rows + lse_index] = lse;
+      sRowOut[row] = (int64_t(split) * params.lse_rows + lse_index) * kDV;
+    } else {
+      params.lse[lse_index] = lse;
+      sRowOut[row] = seq.o_offset + int64_t(query) * params.o_row_stride + int64_t(head) * params.o_head_stride;
+    }
+  }
+  __syncthreads();
+
+  constexpr int kCols = 8;  // columns per step: one 16-byte store of the output
+  constexpr int kChunks = kDV / kCols;
+  static_assert(kDV % kCols == 0, "the epilogue writes 8 output columns at a time");
+  for (int idx = threadIdx.x; idx < rows_here * kChunks; idx += kNThreads) {
+    const int row = idx / kChunks, col = (idx % kChunks) * kCols;
+    float acc[kCols] = {};
+#pragma unroll
+    for (int w = 0; w < Traits::kKeyWarps; ++w) {
+      const float weight = sMax[w * kBlockM + row];
+      const float* o = sO + (w * kBlockM + row) * Traits::kRowO + col;
+#pragma unroll
+      for (int c = 0; c < kCols; c += 4) {
+        const float4 v = *reinterpret_cast<const float4*>(o + c);
+        acc[c] += weight * v.x, acc[c + 1] += weight * v.y, acc[c + 2] += weight * v.z, acc[c + 3] += weight * v.w;
+      }
+    }
+    if (partial) {
+      float* out = params.o_partial + sRowOut[row] + col;
 #pragma unroll
       for (int c = 0; c < kCols; c += 4)
         *reinterpret_cast<float4*>(out + c) = make_float4(acc[c], acc[c + 1], acc[c + 2], acc[c + 3]);
-      if (col == 0) params.lse_partial[int64_t(split) * params.lse_rows + lse_index] = lse;
     } else {
-      Element* out = gO + int64_t(query) * params.o_row_stride + int64_t(head) * params.o_head_stride + col;
+      Element* out = static_cast<Element*>(params.o) + sRowOut[row] + col;
       *reinterpret_cast<uint4*>(out) =
           make_uint4(ElementTraits<Element>::pack(acc[0], acc[1]), ElementTraits<Element>::pack(acc[2], acc[3]),
                      ElementTraits<Element>::pack(acc[4], acc[5]), ElementTraits<Element>::pack(acc[6], acc[7]));
-      if (col == 0) params.lse[lse_index] = lse;
     }
   }
 }
