@@ -241,7 +241,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       reinterpret_cast<int64_t*>(smem_raw + Traits::kSmemBytes - Traits::kSmemRowOffsets);
 
   const int num_m_blocks = (gridDim.x + params.num_splits - 1) / params.num_splits;
-  const int m_block = blockIdx.x % num_m_blocks, split = blockIdx.x / num_m_blocks;
+  // Row tiles in reverse: the grid starts with the last rows of each (head, batch), which see
+  // the most keys under a causal mask, so the short tiles are the ones left for the last wave.
+  const int m_block = num_m_blocks - 1 - int(blockIdx.x) % num_m_blocks, split = blockIdx.x / num_m_blocks;
   const int batch = blockIdx.z;
   const int group = params.num_heads / params.num_heads_k;
   const int kv_head = params.pack_gqa ? int(blockIdx.y) : int(blockIdx.y) / group;
