@@ -271,10 +271,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const int last_row = min(row0 + kBlockM, tile_rows) - 1;
   const int last_used = min(last_row, used_rows - 1);
   const bool any_used = last_used >= row0;
-  const int key_lo = any_used ? mask.lo(rows.query(row0)) : 0;
-  const int key_hi = any_used ? mask.hi(rows.query(last_used)) : -1;
-  int n_block_min = key_lo / kBlockN;
-  int n_block_max = key_hi < key_lo ? n_block_min : key_hi / kBlockN + 1;
+  const KeyBlocks blocks = mask.key_blocks(rows.query(row0), rows.query(max(last_used, row0)), any_used,
+                                          last_used == last_row, kBlockN);
+  int n_block_min = blocks.n_block_min, n_block_max = blocks.n_block_max;
   const bool partial = params.o_partial != nullptr;  // split-KV: write this split's partials
   if (partial) {
     n_block_min = max(n_block_min, split * params.n_blocks_per_split);
@@ -378,11 +377,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
   }
 
-  // Tile-wide bounds that make a key block need no per-element test.
-  const bool all_rows_used = last_used == last_row;
-  const int tile_lo_max = any_used ? mask.lo(rows.query(last_used)) : 0;
-  const int tile_hi_min = any_used ? mask.hi(rows.query(row0)) : -1;
-
   for (int n_block = n_block_min; n_block < n_block_max; ++n_block) {
     const int key0 = n_block * kBlockN;
     const int it = n_block - n_block_min;
@@ -422,7 +416,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           for (int e = 0; e < 4; ++e) acc_s[s][i][e] = params.softcap * tanhf(acc_s[s][i][e] * softcap_in);
     }
     // Per-element test only where some row of the tile may not see the whole key block.
-    if (!(all_rows_used && key0 >= tile_lo_max && key0 + kBlockN - 1 <= tile_hi_min)) {
+    if (blocks.needs_mask(n_block)) {
       // Each row's bounds are recomputed here rather than kept in registers across the loop:
       // only boundary blocks come this way, and the 4 * kMSlabs registers they would hold are
       // what the large-head-dim tiles lack (d128 spilled with them).

@@ -499,7 +499,7 @@ struct Mainloop {
     Tensor coords_rc = make_tensor(coords.data(), rowcol_layout(coords.layout()));
     const int group = thread_idx / 128;
     const KeyBlocks wg =  // the key blocks of this group's rows
-        Traits::kGroupKeyRanges ? w.rows_slice(group * 64, 64).warp_uniform() : static_cast<const KeyBlocks&>(w);
+        Traits::kGroupKeyRanges ? warp_uniform(w.rows_slice(group * 64, 64)) : static_cast<const KeyBlocks&>(w);
     const ScoreTransform<kRows> transform(p, w, coords_rc);
     auto score_transform = [&](int n) { transform(wg, n, s, s_rc, coords_rc); };
     // Ping-pong: wait for this group's turn before issuing wgmmas, pass it on after.
@@ -518,7 +518,9 @@ struct Mainloop {
     const bool gathered = gathers(p);
     wait_q(p, pipe_q, q_state);
     PipelineState state_v = state;
-    const bool zero_tail = v_tail_needs_zero(p, w);  // the tile's last block, whoever computes it
+    const bool zero_tail = v_tail_needs_zero(p, w);
+    // Block n's V stage needs its rows past the keys zeroed: the tile's last block, whoever computes it.
+    auto holds_v_tail = [&](int n) { return zero_tail && n == w.n_block_max - 1; };
     // A block none of the group's rows sees: one turn and both stages, no wgmma (the V tail is
     // zeroed by every consumer thread together, so a group that skips that block joins in).
     auto skip_block = [&](int n) {
@@ -528,7 +530,7 @@ struct Mainloop {
       pipe_k.consumer_release(state);
       ++state;
       pipe_v.consumer_wait(state_v);
-      if (zero_tail && n == w.n_block_max - 1) zero_v_tail(smem, w, state_v, thread_idx, Traits::kConsumerThreads);
+      if (holds_v_tail(n)) zero_v_tail(smem, w, state_v, thread_idx, Traits::kConsumerThreads);
       pipe_v.consumer_release(state_v);
       ++state_v;
     };
@@ -548,7 +550,7 @@ struct Mainloop {
       score_transform(n);
       softmax.update(s_rc, o_scale);
       convert_fragment(s, pr);
-      if (zero_tail && n == w.n_block_max - 1) {  // after the first block's softmax: V may not have landed yet
+      if (holds_v_tail(n)) {  // after the first block's softmax: V may not have landed yet
         wait_kv(gathered, pipe_v, state_v);
         zero_v_tail(smem, w, state_v, thread_idx, Traits::kConsumerThreads);
       }

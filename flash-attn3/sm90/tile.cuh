@@ -12,20 +12,13 @@
 
 namespace sgl_fa3::sm90 {
 
-// Key blocks [n_block_min, n_block_max) of some rows, of which [first_unmasked, last_unmasked]
-// are seen whole by every one of those rows (all of which attend): no per-element mask there.
-struct KeyBlocks {
-  int n_block_min, n_block_max;
-  int first_unmasked, last_unmasked;
-  __device__ bool has_keys() const { return n_block_max > n_block_min; }
-  __device__ bool needs_mask(int n) const { return n < first_unmasked || n > last_unmasked; }
-  // The same values, which the caller knows to be equal across the warp, passed through a shuffle
-  // from lane 0: that keeps them in uniform registers, off the consumers' tight register budget.
-  __device__ KeyBlocks warp_uniform() const {
-    return KeyBlocks{__shfl_sync(0xffffffffu, n_block_min, 0), __shfl_sync(0xffffffffu, n_block_max, 0),
-                     __shfl_sync(0xffffffffu, first_unmasked, 0), __shfl_sync(0xffffffffu, last_unmasked, 0)};
-  }
-};
+// Key blocks (mask.h), which the caller knows to be equal across the warp, passed through a
+// shuffle from lane 0: that keeps them in uniform registers, off the consumers' tight register
+// budget.
+__device__ __forceinline__ KeyBlocks warp_uniform(const KeyBlocks& b) {
+  return KeyBlocks{__shfl_sync(0xffffffffu, b.n_block_min, 0), __shfl_sync(0xffffffffu, b.n_block_max, 0),
+                   __shfl_sync(0xffffffffu, b.first_unmasked, 0), __shfl_sync(0xffffffffu, b.last_unmasked, 0)};
+}
 
 // kSplitKV: the tile may be one key split of its rows (the absorbed-MLA tile); the other tiles
 // compile without the clamp.
@@ -83,22 +76,16 @@ struct TileWork : KeyBlocks {  // the tile's key blocks
   }
 
  private:
-  // Key blocks of rows [first, last] within those of `within`. The mask's bounds are
-  // non-decreasing in the query, so the first and last attending rows give the range, and every
-  // row sees [lo(last), hi(first)]: block n lies inside when n kBlockN >= lo(last) and
-  // (n + 1) kBlockN - 1 <= hi(first).
+  // Key blocks of rows [first, last] (MaskPolicy::key_blocks of their queries) within those of
+  // `within`.
   __device__ KeyBlocks blocks_of_rows(int first, int last, const KeyBlocks& within) const {
     const int used = min(last, last_used);
     const bool any_used = used >= first;
     const int first_q = query(first), last_q = any_used ? query(used) : first_q;
-    const int key_lo = any_used ? max(mask.lo(first_q), 0) : 0;
-    const int key_hi = any_used ? min(mask.hi(last_q), seq.seqlen_k - 1) : -1;
-    KeyBlocks b;
-    b.n_block_min = min(max(within.n_block_min, key_lo / kBlockN), within.n_block_max);
-    b.n_block_max = key_hi >= key_lo ? max(min(within.n_block_max, key_hi / kBlockN + 1), b.n_block_min) : b.n_block_min;
-    const bool all_attend = any_used && used == last;
-    b.first_unmasked = all_attend ? (mask.lo(last_q) + kBlockN - 1) / kBlockN : 1;
-    b.last_unmasked = all_attend ? MaskPolicy::floor_div(mask.hi(first_q) + 1, kBlockN) - 1 : 0;
+    KeyBlocks b = mask.key_blocks(first_q, last_q, any_used, any_used && used == last, kBlockN);
+    const bool has_keys = b.has_keys();
+    b.n_block_min = min(max(within.n_block_min, b.n_block_min), within.n_block_max);
+    b.n_block_max = has_keys ? max(min(within.n_block_max, b.n_block_max), b.n_block_min) : b.n_block_min;
     return b;
   }
 };
