@@ -8,6 +8,9 @@ namespace sgl_fa3 {
 
 enum class DType : int { kFloat16 = 0, kBFloat16 = 1 };
 
+// Most key splits of one call: the split-KV combine keeps one weight per split in shared memory.
+inline constexpr int kMaxSplits = 256;
+
 // Strides are in elements. The last dimension of every tensor is contiguous; every attention
 // tensor's base address and its strides (of dimensions longer than 1) are 16-byte multiples, so
 // 16-byte accesses and TMA descriptors can address any of them (the binding checks).

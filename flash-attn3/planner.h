@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "params.h"
+
 namespace sgl_fa3 {
 
 struct TileShape {
@@ -52,10 +54,21 @@ struct PlanTuning {
   // Deterministic mode fixes the split length (in keys) so that each row's split boundaries,
   // hence its rounding, depend only on its own length and never on the rest of the batch.
   static constexpr int kDeterministicKeysPerSplit = 2048;
-  static constexpr int kMaxSplits = 256;  // the combine kernel keeps one weight per split
 };
 
 inline int ceil_div(int64_t a, int64_t b) { return int((a + b - 1) / b); }
+
+struct SplitLayout {
+  int n_blocks_per_split, num_splits;
+};
+
+// n_blocks key blocks in splits of at least min_per blocks each, widened so that there are at
+// most kMaxSplits; no empty trailing split.
+inline SplitLayout split_layout(int64_t n_blocks, int64_t min_per) {
+  int64_t per = std::max<int64_t>(min_per, 1);
+  if (ceil_div(n_blocks, per) > kMaxSplits) per = ceil_div(n_blocks, kMaxSplits);
+  return {int(per), ceil_div(n_blocks, per)};
+}
 
 inline Plan plan_forward(const PlanInputs& in) {
   Plan plan{};
@@ -81,23 +94,23 @@ inline Plan plan_forward(const PlanInputs& in) {
 
   int splits = 1;
   if (in.deterministic && in.num_splits != 1) {
-    int per = std::max(PlanTuning::kDeterministicKeysPerSplit / block_n, 1);
-    if (ceil_div(n_blocks, per) > PlanTuning::kMaxSplits) per = ceil_div(n_blocks, PlanTuning::kMaxSplits);
-    plan.n_blocks_per_split = per;
-    plan.num_splits = ceil_div(n_blocks, per);
+    const SplitLayout layout = split_layout(n_blocks, PlanTuning::kDeterministicKeysPerSplit / block_n);
+    plan.n_blocks_per_split = layout.n_blocks_per_split;
+    plan.num_splits = layout.num_splits;
     plan.use_combine = true;
     return plan;
   }
   if (in.num_splits > 1) {
-    splits = std::min({in.num_splits, n_blocks, PlanTuning::kMaxSplits});
+    splits = std::min({in.num_splits, n_blocks, kMaxSplits});
   } else if (in.num_splits == 0) {
     const int64_t target =
         int64_t(in.paged ? PlanTuning::kTargetCtasPerSmPaged : PlanTuning::kTargetCtasPerSm) * in.num_sms;
     splits = int(std::min<int64_t>(target / ctas, n_blocks / PlanTuning::kMinBlocksPerSplit));
-    splits = std::clamp(splits, 1, PlanTuning::kMaxSplits);
+    splits = std::clamp(splits, 1, kMaxSplits);
   }
-  plan.n_blocks_per_split = ceil_div(n_blocks, splits);
-  plan.num_splits = ceil_div(n_blocks, plan.n_blocks_per_split);  // no empty trailing splits
+  const SplitLayout layout = split_layout(n_blocks, ceil_div(n_blocks, splits));
+  plan.n_blocks_per_split = layout.n_blocks_per_split;
+  plan.num_splits = layout.num_splits;
   plan.use_combine = plan.num_splits > 1;
   return plan;
 }

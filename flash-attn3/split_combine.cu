@@ -23,7 +23,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxSplits = 256;
 constexpr int kMaxDV = 512;
 constexpr int kMaxRows = 8;      // rows per CTA (few splits, small dv)
 constexpr int kSplitUnroll = 4;  // independent partial-output loads in flight per thread

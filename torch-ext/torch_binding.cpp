@@ -117,10 +117,10 @@ sgl_fa3::Plan hopper_split_plan(sgl_fa3::PlanInputs in, const sgl_fa3::Plan& pla
   sgl_fa3::Plan split = plan;
   const int64_t keys_per_split = n_blocks_per_split * planned_block_n;
   const int64_t n_blocks = std::max<int64_t>((int64_t(in.max_seqlen_k) + shape.block_n - 1) / shape.block_n, 1);
-  split.n_blocks_per_split = int(std::max<int64_t>((keys_per_split + shape.block_n - 1) / shape.block_n, 1));
-  if (n_blocks > int64_t(split.n_blocks_per_split) * sgl_fa3::PlanTuning::kMaxSplits)  // the combine's limit
-    split.n_blocks_per_split = int((n_blocks + sgl_fa3::PlanTuning::kMaxSplits - 1) / sgl_fa3::PlanTuning::kMaxSplits);
-  split.num_splits = int((n_blocks + split.n_blocks_per_split - 1) / split.n_blocks_per_split);
+  const sgl_fa3::SplitLayout layout =
+      sgl_fa3::split_layout(n_blocks, (keys_per_split + shape.block_n - 1) / shape.block_n);
+  split.n_blocks_per_split = layout.n_blocks_per_split;
+  split.num_splits = layout.num_splits;
   split.use_combine = in.deterministic || split.num_splits > 1;
   return split;
 }
@@ -258,7 +258,8 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   STD_TORCH_CHECK(softcap >= 0, "softcap must be >= 0");
   STD_TORCH_CHECK(window_left >= -1 && window_right >= -1, "window sizes must be >= -1");
   STD_TORCH_CHECK(attention_chunk >= 0, "attention_chunk must be >= 0");
-  STD_TORCH_CHECK(num_splits >= 0 && num_splits <= 256, "num_splits must be in [0, 256]");
+  STD_TORCH_CHECK(num_splits >= 0 && num_splits <= sgl_fa3::kMaxSplits, "num_splits must be in [0, ",
+                  sgl_fa3::kMaxSplits, "], got ", num_splits);
   STD_TORCH_CHECK(sm_margin >= 0, "sm_margin must be >= 0");
 
   sgl_fa3::FwdParams p{};
