@@ -39,7 +39,7 @@ def main() -> int:
     from kernels import get_local_kernel
 
     builds = [get_local_kernel(b) for b in args.builds]
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
+    print(bp.versions_line())
     ratios: list[list[float]] = [[] for _ in builds]
     for d in (int(x) for x in args.hdims.split(",")):
         for causal in (False, True):

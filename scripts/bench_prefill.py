@@ -55,12 +55,16 @@ def gemm_tflops() -> float:
     return 2 * 8192**3 / median_ms(lambda: a @ b) / 1e9
 
 
+def versions_line() -> str:
+    """The GPU and the library versions a run measured, as a comment line."""
+    return f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
+
+
 def run_context() -> tuple[str, str, float]:
     """The GPU's name and today's date for the table rows, printed with the versions, and the
     bf16 GEMM rate of this run."""
-    device = torch.cuda.get_device_name()
-    print(f"# {device}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}", file=sys.stderr)
-    return device, datetime.date.today().isoformat(), gemm_tflops()
+    print(versions_line(), file=sys.stderr)
+    return torch.cuda.get_device_name(), datetime.date.today().isoformat(), gemm_tflops()
 
 
 def attention_flops(batch: int, heads: int, seqlen: int, d: int, dv: int, causal: bool) -> float:
