@@ -15,6 +15,7 @@ struct SeqInfo {
   int q_start;   // first query's row in packed q (0 when batched)
   int64_t q_offset, qv_offset, o_offset, lse_offset;
 
+  SeqInfo() = default;  // fields undefined until assigned (a slot for a later tile's copy)
   __device__ SeqInfo(const FwdParams& p, int b) {
     q_start = p.cu_seqlens_q ? p.cu_seqlens_q[b] : 0;
     b_kv = p.kv_batch_idx ? p.kv_batch_idx[b] : b;

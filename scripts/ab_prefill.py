@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import bench_prefill as bp
+from bench_table import versions_line
 
 
 def main() -> int:
@@ -39,7 +40,7 @@ def main() -> int:
     from kernels import get_local_kernel
 
     builds = [get_local_kernel(b) for b in args.builds]
-    print(bp.versions_line())
+    print(versions_line())
     ratios: list[list[float]] = [[] for _ in builds]
     for d in (int(x) for x in args.hdims.split(",")):
         for causal in (False, True):

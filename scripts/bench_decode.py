@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
-from bench_table import write_table
+from bench_table import versions_line, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("dtype,batch,seqlen_k,nheads_q,nheads_kv,hdim,page_size,ours_gbps,cudnn_gbps,copy_gbps,"
@@ -250,8 +250,7 @@ def main() -> int:
     fa3 = load_kernel()
     device = torch.cuda.get_device_name()
     date = datetime.date.today().isoformat()
-    print(f"# {device}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
-          f"L2 {l2_bytes() >> 20} MiB", file=sys.stderr, flush=True)
+    print(f"{versions_line()}, L2 {l2_bytes() >> 20} MiB", file=sys.stderr, flush=True)
     copy = copy_gbps()
     print(f"# copy {copy:.1f} GB/s (read + write of {COPY_BYTES >> 30} GiB)", file=sys.stderr, flush=True)
     columns = COLUMNS + (",q_len,unpacked_gbps" if args.q_len != 1 else "")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from triton.testing import do_bench
 
-from bench_table import write_table
+from bench_table import versions_line, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("dtype,hdim,nheads_q,nheads_kv,page_size,ours_tflops,unpaged_tflops,portable_tflops,"
@@ -125,7 +125,7 @@ def main() -> int:
 
     fa3 = get_local_kernel(ROOT / "build")
     device, date = torch.cuda.get_device_name(), datetime.date.today().isoformat()
-    print(f"# {device}, torch {torch.__version__}", file=sys.stderr)
+    print(versions_line(), file=sys.stderr)
     batch = seeded_batch()
     print(f"# prefixes {batch.prefix}, new {batch.new}", file=sys.stderr)
     rows = []

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
-from bench_table import write_table
+from bench_table import versions_line, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "fa2": SDPBackend.FLASH_ATTENTION}
@@ -53,11 +53,6 @@ def gemm_tflops() -> float:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     return 2 * 8192**3 / median_ms(lambda: a @ b) / 1e9
-
-
-def versions_line() -> str:
-    """The GPU and the library versions a run measured, as a comment line."""
-    return f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
 
 
 def run_context() -> tuple[str, str, float]:

@@ -22,7 +22,7 @@ import torch
 from torch.nn.attention.varlen import varlen_attn
 from triton.testing import do_bench
 
-from bench_table import write_table
+from bench_table import versions_line, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = "dtype,hdim,causal,nseqs,ours_tflops,dense4k_tflops,torch_varlen_tflops,device,date".split(",")
@@ -72,7 +72,7 @@ def main() -> int:
 
     fa3 = get_local_kernel(ROOT / "build")
     device, date = torch.cuda.get_device_name(), datetime.date.today().isoformat()
-    print(f"# {device}, torch {torch.__version__}", file=sys.stderr)
+    print(versions_line(), file=sys.stderr)
     lengths = seq_lengths()
     rows = []
     print(",".join(COLUMNS))

@@ -2,7 +2,8 @@
 """Representative calls of the Hopper family (every tile shape class: ping-pong groups, three
 groups, O staged in Q's bytes, window, causal, varlen with empty sequences, sinks, paged k/v
 gathered with cp.async, GQA heads packed into the tile rows with Q gathered by cp.async, the
-absorbed-MLA tile with qv, its groups handing P over through shared memory, and its key splits)
+absorbed-MLA tile with qv, its groups handing P over through shared memory, and its key splits;
+and grids of more tiles than SMs)
 for running under compute-sanitizer, without the reference (whose host code the tools slow down):
 
     compute-sanitizer --tool racecheck python scripts/sanitize_sm90.py
@@ -35,6 +36,14 @@ def main() -> None:
     for d, causal in ((128, False), (128, True), (64, True), (256, True), (192, False)):
         q, k, v = randn(2, 300, 4, d), randn(2, 517, 2, d), randn(2, 517, 2, d)
         fa3.flash_attn_func(q, k, v, causal=causal, window_size=(100, -1) if d == 64 else (-1, -1))
+    # More tiles than SMs (several per CTA: each tile's epilogue runs under the next tile's first
+    # Q K^T), dense and varlen (each sequence's last tile stores O row by row).
+    for d in (128, 96):
+        q, k, v = randn(4, 1000, 16, d), randn(4, 1000, 4, d), randn(4, 1000, 4, d)
+        fa3.flash_attn_func(q, k, v, causal=True)
+    lq = [700, 5, 1000, 333] * 16
+    q, k, v = randn(sum(lq), 8, 128), randn(sum(lq), 8, 128), randn(sum(lq), 8, 128)
+    fa3.flash_attn_varlen_func(q, k, v, cu_seqlens(lq), cu_seqlens(lq), max(lq), max(lq), causal=False)
     lq, lk = [0, 17, 300, 1, 250, 129], [5, 0, 400, 64, 1, 700]
     q, k, v = randn(sum(lq), 4, 128), randn(sum(lk), 2, 128), randn(sum(lk), 2, 128)
     sinks = torch.randn(4, device="cuda")

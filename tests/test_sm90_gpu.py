@@ -160,6 +160,22 @@ def test_dense_long(fa3, dtype, d, causal):
     check(fa3, "dense 4224", got, lse, q, k, v, causal=causal)
 
 
+@pytest.mark.parametrize("dims", [(96, 96), (128, 128), (192, 128)], ids=["d96", "d128", "d192-128"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_dense_more_tiles_than_sms(fa3, dims, causal, pack_gqa):
+    """Several tiles per CTA of the persistent grid: each tile's epilogue runs while the next tile's
+    first Q K^T does (two consumer groups), so every output row but the CTA's last passes through
+    that overlap."""
+    torch.manual_seed(13)
+    (d, dv), dtype = dims, torch.bfloat16
+    b, s, h, h_k = 4, 1000, 16, 4
+    q, k, v = randn(b, s, h, d, dtype=dtype), randn(b, s, h_k, d, dtype=dtype), randn(b, s, h_k, dv, dtype=dtype)
+    out = poisoned_like((b, s, h, dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, return_softmax_lse=True, out=out, pack_gqa=pack_gqa)
+    check(fa3, "persistent", got, lse, q, k, v, causal=causal)
+
+
 # (name, flash_attn kwargs, attention_ref kwargs, tolerance factor)
 FEATURES = [
     ("window", dict(window_size=(37, 11)), dict(window_size=(37, 11)), 2.0),

@@ -77,6 +77,19 @@ __device__ void consume_split_dv(const FwdParams& p, typename Traits::SharedStor
   Epilogue<Traits>::store_split_dv(p, w, thread_idx, o, o_scale, lse);
 }
 
+// A finished tile's epilogue, held until the consumer group has issued the next tile's first
+// Q K^T (Traits::kDeferEpilogue): the tile, this thread's normalised output fragment and its
+// rows' LSE. Normalising O first frees the accumulator, which the next tile's first P.V
+// overwrites, and keeps wgmma-written registers out of the overlapped code (ptxas would wait for
+// the in-flight wgmma before touching them).
+template <class Work, class FragOut, int kRows>
+struct DeferredStore {
+  Work w;
+  FragOut out;
+  float lse[kRows];
+  bool pending = false;
+};
+
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_constant__ KernelArgs<Traits> args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -164,6 +177,22 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     typename Loop::PipelineState state;
     typename Loop::QState q_state;
     int handoffs = 0;
+    // The O accumulator of a tile (the absorbed-MLA tile has its own), and the epilogue a
+    // finished tile may still owe (it lives across tiles; each tile's o does not).
+    using Epi = Epilogue<Traits>;
+    const auto new_accumulator = [] {
+      return partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{});
+    };
+    using FragO = decltype(new_accumulator());
+    constexpr int kRows = decltype(size<0>(rowcol_layout(FragO{}.layout())))::value;
+    DeferredStore<typename Loop::Work, typename Epi::template FragOut<FragO>, kRows> deferred;
+    const auto finish_previous = [&] {
+      if constexpr (Traits::kDeferEpilogue) {
+        if (!deferred.pending) return;
+        deferred.pending = false;
+        Epi::store(p, args.tma, smem, deferred.w, thread_idx, deferred.out, deferred.lse);
+      }
+    };
     for (int t = int(blockIdx.x); t < scheduler.num_tiles;) {
       const typename Loop::Work w = tile(t);
       if (w.has_rows()) {
@@ -172,22 +201,28 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
             consume_split_dv<Traits>(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread_idx, score_to_log2,
                                      p_handoffs);
           } else {
-            Tensor o =
-                partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{});
-            constexpr int kRows = decltype(size<0>(make_tensor(o.data(), rowcol_layout(o.layout()))))::value;
+            Tensor o = new_accumulator();
             OnlineSoftmax<kRows> softmax(score_to_log2);
-            Loop::consume(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread_idx, o, softmax);
-            float sink[kRows], o_scale[kRows], lse[kRows];
-            Epilogue<Traits>::row_sinks(p, w, thread_idx, sink);
-            softmax.finalize(sink, o_scale, lse);
-            Epilogue<Traits>::store(p, args.tma, smem, w, thread_idx, o, o_scale, lse);
-            // O was staged in Q's bytes: each consumer thread arrives on Q's empty barrier after
-            // its own reads of O (a one-CTA cluster: every consumer thread arrives).
-            if constexpr (Traits::kOInQ) pipe_q.consumer_release(q_state);
+            const bool saw_keys = Loop::consume(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread_idx, o,
+                                                softmax, finish_previous);
+            float sink[kRows], o_scale[kRows];
+            Epi::row_sinks(p, w, thread_idx, sink);
+            softmax.finalize(sink, o_scale, deferred.lse);
+            if (saw_keys) Epi::normalise(o, o_scale, deferred.out);
+            else clear(deferred.out);
+            if constexpr (Traits::kDeferEpilogue) {
+              deferred.w = w;
+              deferred.pending = true;
+            } else {
+              Epi::store(p, args.tma, smem, w, thread_idx, deferred.out, deferred.lse);
+              // O was staged in Q's bytes: each consumer thread arrives on Q's empty barrier
+              // after its own reads of O (a one-CTA cluster: every consumer thread arrives).
+              if constexpr (Traits::kOInQ) pipe_q.consumer_release(q_state);
+            }
           }
           ++q_state;
-        } else {
-          Epilogue<Traits>::store_empty(p, w, thread_idx);
+        } else {  // (a pending epilogue can wait: these rows leave without shared memory)
+          Epi::store_empty(p, w, thread_idx);
         }
       }
       smem.tile_full.wait(handoffs & 1);
@@ -195,7 +230,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
       smem.tile_empty.arrive();
       ++handoffs;
     }
-    Epilogue<Traits>::drain(thread_idx);
+    finish_previous();
+    Epi::drain(thread_idx);
   }
 #endif
 }

@@ -464,7 +464,11 @@ struct Mainloop {
 
   // Runs the key blocks of the tile for this consumer thread (index among all consumer threads).
   // o needs no initial value; on return it holds the unnormalised output and softmax the row
-  // statistics.
+  // statistics, unless the result is false: then none of the group's rows sees a key (their
+  // output is 0) and o is left as it was. before_first_wait() runs once, right after the group's
+  // first Q K^T has been issued (for a group whose rows see no key, at its only turn), so that
+  // what it does (the previous tile's epilogue) overlaps that wgmma; it must not touch o or any
+  // register a wgmma writes.
   // q_state: this tile's Q buffer. Unless O is staged in Q's bytes (then the kernel releases Q
   // after the epilogue), the consumers release Q as soon as their last Q K^T has completed.
   // With Traits::kGroupKeyRanges each group computes only the key blocks its own 64 rows see
@@ -472,10 +476,11 @@ struct Mainloop {
   // tile loads. Blocks outside its range it skips: it still takes and passes its wgmma turn and
   // waits for and releases the stages, so the turns and pipelines stay in step with the other
   // groups.
-  template <class FragO, class Softmax>
-  static __device__ void consume(const FwdParams& p, typename Traits::SharedStorage& smem, const Work& w,
+  template <class FragO, class Softmax, class BeforeFirstWait>
+  static __device__ bool consume(const FwdParams& p, typename Traits::SharedStorage& smem, const Work& w,
                                  QPipeline& pipe_q, const QState& q_state, Pipeline& pipe_k, Pipeline& pipe_v,
-                                 PipelineState& state, int thread_idx, FragO& o, Softmax& softmax) {
+                                 PipelineState& state, int thread_idx, FragO& o, Softmax& softmax,
+                                 BeforeFirstWait&& before_first_wait) {
     typename Traits::TiledMmaQK mma_qk;
     typename Traits::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(thread_idx);
@@ -543,6 +548,7 @@ struct Mainloop {
       take_turn();
       wgmma(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s, true);
       pass_turn();
+      before_first_wait();
       warpgroup_wait<0>();
       release_q(n);
       pipe_k.consumer_release(state);
@@ -585,13 +591,14 @@ struct Mainloop {
       warpgroup_wait<0>();
       pipe_v.consumer_release(state_v);
       ++state_v;  // the blocks below, if the group skips any, come next
-    } else {  // none of the group's rows sees a key: the final P.V's turn, and empty rows
+    } else {  // none of the group's rows sees a key: the final P.V's turn (and no wgmma in flight)
       take_turn();
       pass_turn();
-      clear(o);
+      before_first_wait();
       if (!Traits::kOInQ) pipe_q.consumer_release(q_state);
     }
     for (int n = wg.n_block_min - 1; n >= w.n_block_min; --n) skip_block(n);
+    return wg.has_keys();
   }
 
   // ---- The absorbed-MLA tile (Traits::kQv) ----

@@ -36,6 +36,7 @@ struct TileWork : KeyBlocks {  // the tile's key blocks
   int last_row;   // last row written (rows past seqused_q are written as empty rows)
   int last_used;  // last row that attends (< row0: none)
 
+  TileWork() = default;
   // unit: the scheduler's head coordinate, a query head (or a KV head with pack_gqa).
   __device__ TileWork(const FwdParams& p, int m_block_, int unit, int batch_, int split_)
       : seq(p, batch_),

@@ -146,6 +146,13 @@ struct Traits {
   static constexpr int kQStages =
       !kOInQ && kSmemMainBytes + kSmemOBytes + int(sizeof(Element)) * kQElems <= 224 * 1024 ? 2 : 1;
   static_assert(kQStages == 1 || !kOInQ, "O staged in Q's bytes needs the single Q buffer");
+  // A tile's epilogue waits until the consumer group has issued the next tile's first Q K^T, and
+  // runs while that wgmma does (the tensor cores otherwise idle through the epilogue). H200,
+  // bf16 d128: +1-3% from 2k keys, -2% at 512 (scripts/ab_prefill.py). Not with O staged in Q's
+  // bytes (the next Q lands there only after the epilogue), nor on the absorbed-MLA tile (its own
+  // epilogue), nor with three consumer groups: at 160 registers a thread holds an in-flight S
+  // beside the epilogue only with spills (d64: 16-64 bytes; measured 2-5% slower).
+  static constexpr bool kDeferEpilogue = !kOInQ && !kQv && kConsumerGroups == 2;
   static_assert(kQElems * sizeof(Element) % 1024 == 0 && cosize_v<SmemLayoutQ> * sizeof(Element) % 1024 == 0,
                 "each Q (and Qv) buffer keeps the 1024-byte swizzle alignment");
 
