@@ -28,12 +28,21 @@ struct PlanInputs {
   bool paged;  // k/v read through a page table
 };
 
+struct SplitLayout {
+  int n_blocks_per_split, num_splits;
+};
+
 struct Plan {
   int num_splits;          // splits in the grid (1 = no split)
   int n_blocks_per_split;  // key blocks per split
   bool pack_gqa;
   TileKind tile;     // the tile that runs
   bool use_combine;  // partial outputs + combine kernel (always when deterministic)
+
+  void set_splits(const SplitLayout& layout) {
+    n_blocks_per_split = layout.n_blocks_per_split;
+    num_splits = layout.num_splits;
+  }
 };
 
 // Tuning table (reasons next to each value).
@@ -57,10 +66,6 @@ struct PlanTuning {
 };
 
 inline int ceil_div(int64_t a, int64_t b) { return int((a + b - 1) / b); }
-
-struct SplitLayout {
-  int n_blocks_per_split, num_splits;
-};
 
 // n_blocks key blocks in splits of at least min_per blocks each, widened so that there are at
 // most kMaxSplits; no empty trailing split.
@@ -94,9 +99,7 @@ inline Plan plan_forward(const PlanInputs& in) {
 
   int splits = 1;
   if (in.deterministic && in.num_splits != 1) {
-    const SplitLayout layout = split_layout(n_blocks, PlanTuning::kDeterministicKeysPerSplit / block_n);
-    plan.n_blocks_per_split = layout.n_blocks_per_split;
-    plan.num_splits = layout.num_splits;
+    plan.set_splits(split_layout(n_blocks, PlanTuning::kDeterministicKeysPerSplit / block_n));
     plan.use_combine = true;
     return plan;
   }
@@ -108,9 +111,7 @@ inline Plan plan_forward(const PlanInputs& in) {
     splits = int(std::min<int64_t>(target / ctas, n_blocks / PlanTuning::kMinBlocksPerSplit));
     splits = std::clamp(splits, 1, kMaxSplits);
   }
-  const SplitLayout layout = split_layout(n_blocks, ceil_div(n_blocks, splits));
-  plan.n_blocks_per_split = layout.n_blocks_per_split;
-  plan.num_splits = layout.num_splits;
+  plan.set_splits(split_layout(n_blocks, ceil_div(n_blocks, splits)));
   plan.use_combine = plan.num_splits > 1;
   return plan;
 }

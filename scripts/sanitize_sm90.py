@@ -36,14 +36,16 @@ def main() -> None:
     for d, causal in ((128, False), (128, True), (64, True), (256, True), (192, False)):
         q, k, v = randn(2, 300, 4, d), randn(2, 517, 2, d), randn(2, 517, 2, d)
         fa3.flash_attn_func(q, k, v, causal=causal, window_size=(100, -1) if d == 64 else (-1, -1))
-    # More tiles than SMs (several per CTA: each tile's epilogue runs under the next tile's first
-    # Q K^T), dense and varlen (each sequence's last tile stores O row by row).
-    for d in (128, 96):
-        q, k, v = randn(4, 1000, 16, d), randn(4, 1000, 4, d), randn(4, 1000, 4, d)
-        fa3.flash_attn_func(q, k, v, causal=True)
-    lq = [700, 5, 1000, 333] * 16
-    q, k, v = randn(sum(lq), 8, 128), randn(sum(lq), 8, 128), randn(sum(lq), 8, 128)
-    fa3.flash_attn_varlen_func(q, k, v, cu_seqlens(lq), cu_seqlens(lq), max(lq), max(lq), causal=False)
+    # More tiles than SMs (several per CTA: on two-group tiles each tile's epilogue runs under the
+    # next tile's first Q K^T), dense and varlen (each sequence's last tile stores O row by row;
+    # d192 -> 128: one Q buffer, each group's own key blocks, groups without keys), with sinks.
+    for d, dv in ((128, 128), (96, 96), (192, 128)):
+        q, k, v = randn(4, 1000, 16, d), randn(4, 1000, 4, d), randn(4, 1000, 4, dv)
+        fa3.flash_attn_func(q, k, v, causal=True, sinks=torch.randn(16, device="cuda"))
+    lq = [700, 5, 1000, 333, 129] * 12
+    for d, dv in ((128, 128), (192, 128)):
+        q, k, v = randn(sum(lq), 8, d), randn(sum(lq), 8, d), randn(sum(lq), 8, dv)
+        fa3.flash_attn_varlen_func(q, k, v, cu_seqlens(lq), cu_seqlens(lq), max(lq), max(lq), causal=d == 192)
     lq, lk = [0, 17, 300, 1, 250, 129], [5, 0, 400, 64, 1, 700]
     q, k, v = randn(sum(lq), 4, 128), randn(sum(lk), 2, 128), randn(sum(lk), 2, 128)
     sinks = torch.randn(4, device="cuda")

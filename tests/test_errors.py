@@ -5,6 +5,9 @@ Shape, dtype and combination rules are checked before the device, so CPU tensors
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from direct_op import fwd_args
@@ -170,6 +173,12 @@ def test_scheduler_metadata_is_a_small_cpu_plan(fa3):
         kvcache_call(fa3, scheduler_metadata=plan, deterministic=True)
     with pytest.raises(NotImplementedError, match="FP8"):
         fa3.get_scheduler_metadata(2, 1, 64, 8, 2, 128, torch.zeros(2, dtype=torch.int32), qkv_dtype=torch.float8_e4m3fn)
+
+
+def test_split_limit_is_the_combine_capacity(fa3):
+    """The Python-side num_splits limit is the combine kernel's capacity (kMaxSplits in params.h)."""
+    header = (Path(__file__).resolve().parent.parent / "flash-attn3" / "params.h").read_text()
+    assert fa3.interface.MAX_SPLITS == int(re.search(r"kMaxSplits = (\d+);", header).group(1))
 
 
 def test_op_has_no_cpu_kernel(fa3):

@@ -160,20 +160,23 @@ def test_dense_long(fa3, dtype, d, causal):
     check(fa3, "dense 4224", got, lse, q, k, v, causal=causal)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dims", [(96, 96), (128, 128), (192, 128)], ids=["d96", "d128", "d192-128"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("pack_gqa", [False, True])
-def test_dense_more_tiles_than_sms(fa3, dims, causal, pack_gqa):
-    """Several tiles per CTA of the persistent grid: each tile's epilogue runs while the next tile's
-    first Q K^T does (two consumer groups), so every output row but the CTA's last passes through
-    that overlap."""
+def test_dense_more_tiles_than_sms(fa3, dtype, dims, causal, pack_gqa):
+    """Several tiles per CTA of the persistent grid (512 tiles): on two-group tiles each tile's
+    epilogue runs while the next tile's first Q K^T does, so every output row but a CTA's last
+    tile's passes through that overlap; with sinks, whose LSE the deferred store writes."""
     torch.manual_seed(13)
-    (d, dv), dtype = dims, torch.bfloat16
+    d, dv = dims
     b, s, h, h_k = 4, 1000, 16, 4
     q, k, v = randn(b, s, h, d, dtype=dtype), randn(b, s, h_k, d, dtype=dtype), randn(b, s, h_k, dv, dtype=dtype)
+    sinks = torch.randn(h, device="cuda", dtype=torch.float32) * 2
     out = poisoned_like((b, s, h, dv), dtype, "cuda")
-    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, return_softmax_lse=True, out=out, pack_gqa=pack_gqa)
-    check(fa3, "persistent", got, lse, q, k, v, causal=causal)
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, sinks=sinks, return_softmax_lse=True, out=out,
+                                   pack_gqa=pack_gqa)
+    check(fa3, "persistent", got, lse, q, k, v, causal=causal, sinks=sinks)
 
 
 # (name, flash_attn kwargs, attention_ref kwargs, tolerance factor)

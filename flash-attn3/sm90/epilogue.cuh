@@ -70,19 +70,14 @@ struct Epilogue {
   }
 
   // out: this thread's normalised output fragment (normalise); lse: per row of the thread.
-  template <class FragOut, int kRows>
+  template <class Frag, int kRows>
   static __device__ void store(const FwdParams& p, const TmaDescriptors<Traits>& tma,
                                typename Traits::SharedStorage& smem, const Work& w, int thread_idx,
-                               const FragOut& out, const float (&lse)[kRows]) {
+                               const Frag& out, const float (&lse)[kRows]) {
     typename Traits::TiledMmaPV mma_pv;
     auto thr = mma_pv.get_thread_slice(thread_idx);
     Element* o_smem = Traits::kOInQ ? smem.q.data() : smem.o.data();
     Tensor sO = make_tensor(make_smem_ptr(o_smem), typename Traits::SmemLayoutO{});  // (kBlockM, kDV)
-    // stmatrix: four 8 x 8 matrices (16-byte rows) per instruction, a quarter of the stores of
-    // element pairs. Not with O in Q's bytes: there it moved d256's register allocation to 4
-    // more local loads per key block (6 against 2; d192 unchanged either way).
-    auto copy_o = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_pv);
-    auto thr_copy = copy_o.get_thread_slice(thread_idx);
     const int group = thread_idx / 128, t = thread_idx % 128;
     const bool issuer = t == 0;
     // The group's previous O (when O has its own bytes) has been read, by the TMA store its
@@ -91,8 +86,16 @@ struct Epilogue {
       if (issuer) tma_store_wait<0>();
       cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
     }
-    if constexpr (Traits::kOInQ) copy(out, thr.partition_C(sO));
-    else copy(copy_o, thr_copy.retile_S(out), thr_copy.partition_D(sO));
+    if constexpr (Traits::kOInQ) {
+      copy(out, thr.partition_C(sO));
+    } else {
+      // stmatrix: four 8 x 8 matrices (16-byte rows) per instruction, a quarter of the stores of
+      // element pairs. Not with O in Q's bytes: there it moved d256's register allocation to 4
+      // more local loads per key block (6 against 2; d192 unchanged either way).
+      auto copy_o = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_pv);
+      auto thr_copy = copy_o.get_thread_slice(thread_idx);
+      copy(copy_o, thr_copy.retile_S(out), thr_copy.partition_D(sO));
+    }
     cutlass::arch::fence_view_async_shared();  // visible to the TMA unit
 
     // LSE: the first thread of each quad holds its rows' values.

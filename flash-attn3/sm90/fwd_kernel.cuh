@@ -9,7 +9,8 @@
 // groups 1..G consume: each takes 64 query rows of the tile (on the absorbed-MLA tile both take
 // the same 64 rows and split O's columns), runs the main loop (mainloop.cuh; where the tile's
 // rows are not a whole number of key blocks, over the key blocks its own rows see) with the
-// registers the producer gave up, then the epilogue (epilogue.cuh).
+// registers the producer gave up, then the epilogue (epilogue.cuh): on two-group tiles with O in
+// its own shared-memory bytes, once the next tile's first Q K^T is on the tensor cores.
 // Tiles whose rows see no key skip the pipelines: the consumers write their empty rows directly.
 // The producer draws each next tile and hands its index to the consumers through shared memory.
 #pragma once
@@ -177,8 +178,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     typename Loop::PipelineState state;
     typename Loop::QState q_state;
     int handoffs = 0;
-    // The O accumulator of a tile (the absorbed-MLA tile has its own), and the epilogue a
-    // finished tile may still owe (it lives across tiles; each tile's o does not).
+    // The O accumulator of a tile (unused by the absorbed-MLA tile, which has its own), and a
+    // finished tile's output on its way out: stored at once, or with kDeferEpilogue held across
+    // into the next tile (each tile's o does not live across).
     using Epi = Epilogue<Traits>;
     const auto new_accumulator = [] {
       return partition_fragment_C(typename Traits::TiledMmaPV{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{});

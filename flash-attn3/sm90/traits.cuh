@@ -142,13 +142,14 @@ struct Traits {
                                                        decltype(k_major_atom<Element, kDV>())>),
                 "O must fit in Q's bytes row for row");
   // A second Q buffer, where it fits, lets the next tile's Q land while this tile still runs:
-  // the consumers start the next tile straight after their epilogue instead of waiting for Q.
+  // the consumers start the next tile without waiting for Q.
   static constexpr int kQStages =
       !kOInQ && kSmemMainBytes + kSmemOBytes + int(sizeof(Element)) * kQElems <= 224 * 1024 ? 2 : 1;
   static_assert(kQStages == 1 || !kOInQ, "O staged in Q's bytes needs the single Q buffer");
   // A tile's epilogue waits until the consumer group has issued the next tile's first Q K^T, and
-  // runs while that wgmma does (the tensor cores otherwise idle through the epilogue). H200,
-  // bf16 d128: +1-3% from 2k keys, -2% at 512 (scripts/ab_prefill.py). Not with O staged in Q's
+  // runs while that wgmma does (the tensor cores otherwise idle through the epilogue): d96,
+  // d128, d192 -> 128. H200, bf16 d128: +1-3% from 2k keys, -2% at 512 (scripts/ab_prefill.py;
+  // d96 and d192 -> 128 not measured on their own). Not with O staged in Q's
   // bytes (the next Q lands there only after the epilogue), nor on the absorbed-MLA tile (its own
   // epilogue), nor with three consumer groups: at 160 registers a thread holds an in-flight S
   // beside the epilogue only with spills (d64: 16-64 bytes; measured 2-5% slower).

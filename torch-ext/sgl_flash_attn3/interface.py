@@ -20,6 +20,9 @@ from ._ops import ops
 # use_combine, batch, num_heads, num_heads_k, head_dim, head_dim_v] (CPU int32).
 _PLAN_MAGIC = 0x5F3A
 _PLAN_FIELDS = 10
+# The most key splits the combine kernel merges (kMaxSplits in flash-attn3/params.h; a test
+# keeps the two equal).
+MAX_SPLITS = 256
 
 
 @dataclass
@@ -69,8 +72,8 @@ def _check_common(
     if q_descale is not None or k_descale is not None or v_descale is not None:
         raise val.not_implemented("FP8 attention (q_descale / k_descale / v_descale)")
     val.check_scalar("num_splits", num_splits, int, minimum=0)
-    if num_splits > 256:
-        raise ValueError(f"num_splits must be <= 256, got {num_splits}")
+    if num_splits > MAX_SPLITS:
+        raise ValueError(f"num_splits must be <= {MAX_SPLITS}, got {num_splits}")
     if pack_gqa not in (None, False, True):
         raise TypeError(f"pack_gqa must be None or a bool, got {pack_gqa!r}")
     val.check_scalar("sm_margin", sm_margin, int, minimum=0)
