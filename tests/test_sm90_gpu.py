@@ -160,6 +160,18 @@ def test_dense_long(fa3, dtype, d, causal):
     check(fa3, "dense 4224", got, lse, q, k, v, causal=causal)
 
 
+def check_with_sinks(fa3, name, dtype, shape, dims, causal, pack_gqa):
+    """A dense call with one random sink per query head against the reference, O and LSE.
+    shape: (batch, seqlen_q, seqlen_k, heads, kv heads); dims: (d, dv)."""
+    (b, sq, sk, h, h_k), (d, dv) = shape, dims
+    q, k, v = randn(b, sq, h, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype), randn(b, sk, h_k, dv, dtype=dtype)
+    sinks = torch.randn(h, device="cuda", dtype=torch.float32) * 2
+    out = poisoned_like((b, sq, h, dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, sinks=sinks, return_softmax_lse=True, out=out,
+                                   pack_gqa=pack_gqa)
+    check(fa3, name, got, lse, q, k, v, causal=causal, sinks=sinks)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dims", [(96, 96), (128, 128), (192, 128)], ids=["d96", "d128", "d192-128"])
 @pytest.mark.parametrize("causal", [False, True])
@@ -170,13 +182,7 @@ def test_dense_more_tiles_than_sms(fa3, dtype, dims, causal, pack_gqa):
     tile's passes through that overlap; with sinks, whose LSE the deferred store writes."""
     torch.manual_seed(13)
     d, dv = dims
-    b, s, h, h_k = 4, 1000, 16, 4
-    q, k, v = randn(b, s, h, d, dtype=dtype), randn(b, s, h_k, d, dtype=dtype), randn(b, s, h_k, dv, dtype=dtype)
-    sinks = torch.randn(h, device="cuda", dtype=torch.float32) * 2
-    out = poisoned_like((b, s, h, dv), dtype, "cuda")
-    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, sinks=sinks, return_softmax_lse=True, out=out,
-                                   pack_gqa=pack_gqa)
-    check(fa3, "persistent", got, lse, q, k, v, causal=causal, sinks=sinks)
+    check_with_sinks(fa3, "persistent", dtype, (4, 1000, 1000, 16, 4), (d, dv), causal, pack_gqa)
 
 
 # (name, flash_attn kwargs, attention_ref kwargs, tolerance factor)
@@ -213,13 +219,8 @@ def test_features(fa3, dtype, d, feature, seqlens, pack_gqa):
 def test_sinks(fa3, dtype, causal, heads, pack_gqa):
     """One sink per query head (packed rows of one tile carry different heads' sinks)."""
     torch.manual_seed(5)
-    (h, h_k), b, sq, sk, d = heads, 2, 200, 333, 64
-    q, k, v = randn(b, sq, h, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype), randn(b, sk, h_k, d, dtype=dtype)
-    sinks = torch.randn(h, device="cuda", dtype=torch.float32) * 2
-    out = poisoned_like((b, sq, h, d), dtype, "cuda")
-    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, sinks=sinks, return_softmax_lse=True, out=out,
-                                   pack_gqa=pack_gqa)
-    check(fa3, "sinks", got, lse, q, k, v, causal=causal, sinks=sinks)
+    h, h_k = heads
+    check_with_sinks(fa3, "sinks", dtype, (2, 200, 333, h, h_k), (64, 64), causal, pack_gqa)
 
 
 def cu_seqlens(lengths):
