@@ -395,28 +395,35 @@ def test_cache_slots_past_the_keys_never_leak(fa3, page_size):
     check(fa3, "past the keys", got, lse, q, clean_k, clean_v, seqused_k=seqlens, page_table=table, causal=True)
 
 
-@pytest.mark.parametrize("dims", [(64, 64), (128, 128), (256, 256)], ids=["d64", "d128", "d256"])
+# Sequence lengths for the NaN-tail tests: partial last key blocks, grids of more tiles than SMs.
+TAIL_LENGTHS, TAIL_HEADS, TAIL_SQ = [1000, 1537, 77, 2000], 16, 512
+TAIL_DIMS = [(64, 64), (128, 128), (256, 256)]
+
+
+@pytest.mark.parametrize("dims", TAIL_DIMS, ids=["d64", "d128", "d256"])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("layout", ["cache", "packed"])
-def test_nan_past_the_keys_many_tiles(fa3, dims, causal, layout):
-    """Keys and values past each sequence's end are NaN and its last key block is partial, in grids
-    of more tiles than SMs (each CTA zeroes many such tails in turn): a dense cache with
-    cache_seqlens, and packed varlen rows whose seqused_k stops short of their segment (the last
-    segment ending at the tensor's end, where TMA zero-fills instead)."""
+def test_nan_past_the_keys_many_tiles_cache(fa3, dims, causal):
+    """Cache slots past each row's cache_seqlens hold NaN and its last key block is partial, in a
+    grid of more tiles than SMs (each CTA zeroes many such tails in turn)."""
     torch.manual_seed(41)
-    d, dv = dims
-    h, sq, dtype = 16, 512, torch.bfloat16
-    lengths = [1000, 1537, 77, 2000]
-    if layout == "cache":
-        k_cache, v_cache = randn(len(lengths), 2048, h, d, dtype=dtype), randn(len(lengths), 2048, h, dv, dtype=dtype)
-        nan_past_the_keys(k_cache, v_cache, lengths)
-        q = randn(len(lengths), sq, h, d, dtype=dtype)
-        out = poisoned_like((len(lengths), sq, h, dv), dtype, "cuda")
-        got, lse = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=ints(lengths), causal=causal,
-                                               return_softmax_lse=True, out=out)
-        check(fa3, "cache tails", got, lse, q, torch.nan_to_num(k_cache), torch.nan_to_num(v_cache),
-              seqused_k=ints(lengths), causal=causal)
-        return
+    (d, dv), h, sq, dtype, lengths = dims, TAIL_HEADS, TAIL_SQ, torch.bfloat16, TAIL_LENGTHS
+    k_cache, v_cache = randn(len(lengths), 2048, h, d, dtype=dtype), randn(len(lengths), 2048, h, dv, dtype=dtype)
+    nan_past_the_keys(k_cache, v_cache, lengths)
+    q = randn(len(lengths), sq, h, d, dtype=dtype)
+    out = poisoned_like((len(lengths), sq, h, dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=ints(lengths), causal=causal,
+                                           return_softmax_lse=True, out=out)
+    check(fa3, "cache tails", got, lse, q, torch.nan_to_num(k_cache), torch.nan_to_num(v_cache),
+          seqused_k=ints(lengths), causal=causal)
+
+
+@pytest.mark.parametrize("dims", TAIL_DIMS, ids=["d64", "d128", "d256"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_nan_past_the_keys_many_tiles_packed(fa3, dims, causal):
+    """Packed varlen rows whose seqused_k stops short of their segment, the rest NaN, in a grid of
+    more tiles than SMs; the last segment ends at the tensor's end, where TMA zero-fills instead."""
+    torch.manual_seed(41)
+    (d, dv), h, sq, dtype, lengths = dims, TAIL_HEADS, TAIL_SQ, torch.bfloat16, TAIL_LENGTHS
     segments = [n + 100 for n in lengths[:-1]] + [lengths[-1]]
     cu_q, cu_k = cu_seqlens([sq] * len(lengths)), cu_seqlens(segments)
     k, v = randn(sum(segments), h, d, dtype=dtype), randn(sum(segments), h, dv, dtype=dtype)

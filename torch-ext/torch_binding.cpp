@@ -117,8 +117,7 @@ sgl_fa3::Plan hopper_split_plan(sgl_fa3::PlanInputs in, const sgl_fa3::Plan& pla
   sgl_fa3::Plan split = plan;
   const int64_t keys_per_split = n_blocks_per_split * planned_block_n;
   const int n_blocks = std::max(sgl_fa3::ceil_div(in.max_seqlen_k, shape.block_n), 1);
-  split.set_splits(
-      sgl_fa3::split_layout(n_blocks, (keys_per_split + shape.block_n - 1) / shape.block_n));  // int64: no overflow
+  split.set_splits(sgl_fa3::split_layout(n_blocks, sgl_fa3::ceil_div(keys_per_split, shape.block_n)));
   split.use_combine = in.deterministic || split.num_splits > 1;
   return split;
 }
