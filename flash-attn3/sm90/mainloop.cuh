@@ -207,15 +207,18 @@ struct Mainloop {
     // (v_tail_needs_zero): V lands on a barrier of its own (smem.v_tail_loaded), the warp zeroes
     // those rows, and only then completes the stage's full barrier (one plain arrive: the stage
     // is not armed with transaction bytes), so the consumers see the tail already zeroed.
-    auto load_kv_tail = [&](int n) {
+    // Issued first and finished after a single Q buffer's load, which must not wait for it.
+    uint64_t* tail_loaded = &smem.v_tail_loaded;
+    auto issue_kv_tail = [&](int n) {
       load_k(n);
       smem.pipe_v.empty_barrier_[state.index()].wait(state.phase());
-      uint64_t* loaded = &smem.v_tail_loaded;
       if (thread == 0) {
-        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(loaded, Traits::kBytesV);
-        copy(tma.v.with(*loaded, 0), tVg(_, n), tVs(_, state.index()));
+        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(tail_loaded, Traits::kBytesV);
+        copy(tma.v.with(*tail_loaded, 0), tVg(_, n), tVs(_, state.index()));
       }
-      cutlass::arch::ClusterBarrier::wait(loaded, v_tails++ & 1);
+    };
+    auto finish_kv_tail = [&] {
+      cutlass::arch::ClusterBarrier::wait(tail_loaded, v_tails++ & 1);
       const int rows = v_rows_valid(w);
       constexpr int kChunks = kDV / 8;  // 16-byte chunks per row
       for (int i = thread; i < (kBlockN - rows) * kChunks; i += 32)
@@ -229,10 +232,12 @@ struct Mainloop {
     // K/V block streams in while the consumers finish the previous tile, and Q waits until they
     // no longer read the previous Q (nor, when O lives in Q's bytes, the previous O).
     int n = w.n_block_max - 1;
+    const bool tail = v_tail_needs_zero(p, w);
     if constexpr (Traits::kQStages > 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
-    if (v_tail_needs_zero(p, w)) load_kv_tail(n);
+    if (tail) issue_kv_tail(n);
     else load_kv(n);
     if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
+    if (tail) finish_kv_tail();
     for (--n; n >= w.n_block_min; --n) load_kv(n);
   }
 
