@@ -395,6 +395,42 @@ def test_cache_slots_past_the_keys_never_leak(fa3, page_size):
     check(fa3, "past the keys", got, lse, q, clean_k, clean_v, seqused_k=seqlens, page_table=table, causal=True)
 
 
+@pytest.mark.parametrize("dims", [(64, 64), (128, 128), (256, 256)], ids=["d64", "d128", "d256"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("layout", ["cache", "packed"])
+def test_nan_past_the_keys_many_tiles(fa3, dims, causal, layout):
+    """Keys and values past each sequence's end are NaN and its last key block is partial, in grids
+    of more tiles than SMs (each CTA zeroes many such tails in turn): a dense cache with
+    cache_seqlens, and packed varlen rows whose seqused_k stops short of their segment (the last
+    segment ending at the tensor's end, where TMA zero-fills instead)."""
+    torch.manual_seed(41)
+    d, dv = dims
+    h, sq, dtype = 16, 512, torch.bfloat16
+    lengths = [1000, 1537, 77, 2000]
+    if layout == "cache":
+        k_cache, v_cache = randn(len(lengths), 2048, h, d, dtype=dtype), randn(len(lengths), 2048, h, dv, dtype=dtype)
+        nan_past_the_keys(k_cache, v_cache, lengths)
+        q = randn(len(lengths), sq, h, d, dtype=dtype)
+        out = poisoned_like((len(lengths), sq, h, dv), dtype, "cuda")
+        got, lse = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=ints(lengths), causal=causal,
+                                               return_softmax_lse=True, out=out)
+        check(fa3, "cache tails", got, lse, q, torch.nan_to_num(k_cache), torch.nan_to_num(v_cache),
+              seqused_k=ints(lengths), causal=causal)
+        return
+    segments = [n + 100 for n in lengths[:-1]] + [lengths[-1]]
+    cu_q, cu_k = cu_seqlens([sq] * len(lengths)), cu_seqlens(segments)
+    k, v = randn(sum(segments), h, d, dtype=dtype), randn(sum(segments), h, dv, dtype=dtype)
+    for start, n, seg in zip(cu_k.tolist(), lengths, segments):
+        k[start + n:start + seg] = float("nan")
+        v[start + n:start + seg] = float("nan")
+    q = randn(sq * len(lengths), h, d, dtype=dtype)
+    out = poisoned_like((sq * len(lengths), h, dv), dtype, "cuda")
+    got, lse = fa3.flash_attn_varlen_func(q, k, v, cu_q, cu_k, sq, max(segments), seqused_k=ints(lengths),
+                                          causal=causal, return_softmax_lse=True, out=out)
+    check(fa3, "packed tails", got, lse, q, torch.nan_to_num(k), torch.nan_to_num(v), cu_seqlens_q=cu_q,
+          cu_seqlens_k=cu_k, seqused_k=ints(lengths), causal=causal)
+
+
 def test_strided_views(fa3):
     """K and V as views into one fused buffer (the last dim contiguous, other strides free)."""
     torch.manual_seed(9)

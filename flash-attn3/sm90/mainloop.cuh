@@ -193,51 +193,66 @@ struct Mainloop {
     Tensor tVg = get<0>(part_v);
     Tensor tVs = get<1>(part_v);
 
-    auto load_k = [&](int n) {
-      pipe_k.producer_acquire(state);
-      if (thread == 0) copy(tma.k.with(*pipe_k.producer_get_barrier(state), 0), tKg(_, n), tKs(_, state.index()));
+    auto load_k = [&](int n, const PipelineState& st) {
+      pipe_k.producer_acquire(st);
+      if (thread == 0) copy(tma.k.with(*pipe_k.producer_get_barrier(st), 0), tKg(_, n), tKs(_, st.index()));
+    };
+    auto load_v = [&](int n, const PipelineState& st) {
+      pipe_v.producer_acquire(st);
+      if (thread == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(st), 0), tVg(_, n), tVs(_, st.index()));
     };
     auto load_kv = [&](int n) {
-      load_k(n);
-      pipe_v.producer_acquire(state);
-      if (thread == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(state), 0), tVg(_, n), tVs(_, state.index()));
+      load_k(n, state);
+      load_v(n, state);
       ++state;
     };
     // The block that holds the last key, when its V rows past that key are not zero-filled by TMA
     // (v_tail_needs_zero): V lands on a barrier of its own (smem.v_tail_loaded), the warp zeroes
     // those rows, and only then completes the stage's full barrier (one plain arrive: the stage
     // is not armed with transaction bytes), so the consumers see the tail already zeroed.
-    // Issued first and finished after a single Q buffer's load, which must not wait for it.
     uint64_t* tail_loaded = &smem.v_tail_loaded;
-    auto issue_kv_tail = [&](int n) {
-      load_k(n);
-      smem.pipe_v.empty_barrier_[state.index()].wait(state.phase());
+    auto issue_v_tail = [&](int n, const PipelineState& st) {
+      smem.pipe_v.empty_barrier_[st.index()].wait(st.phase());
       if (thread == 0) {
         cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(tail_loaded, Traits::kBytesV);
-        copy(tma.v.with(*tail_loaded, 0), tVg(_, n), tVs(_, state.index()));
+        copy(tma.v.with(*tail_loaded, 0), tVg(_, n), tVs(_, st.index()));
       }
     };
-    auto finish_kv_tail = [&] {
+    auto finish_v_tail = [&](const PipelineState& st) {
       cutlass::arch::ClusterBarrier::wait(tail_loaded, v_tails++ & 1);
       const int rows = v_rows_valid(w);
       constexpr int kChunks = kDV / 8;  // 16-byte chunks per row
       for (int i = thread; i < (kBlockN - rows) * kChunks; i += 32)
-        *reinterpret_cast<uint4*>(&sV(rows + i / kChunks, i % kChunks * 8, state.index())) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(&sV(rows + i / kChunks, i % kChunks * 8, st.index())) = make_uint4(0, 0, 0, 0);
       cutlass::arch::fence_view_async_shared();  // generic writes, read by wgmma (async proxy)
       __syncwarp();
-      if (thread == 0) smem.pipe_v.full_barrier_[state.index()].arrive();
-      ++state;
+      if (thread == 0) smem.pipe_v.full_barrier_[st.index()].arrive();
     };
     // With two Q buffers Q goes first (its buffer was freed a tile ago). With one, the first
     // K/V block streams in while the consumers finish the previous tile, and Q waits until they
     // no longer read the previous Q (nor, when O lives in Q's bytes, the previous O).
     int n = w.n_block_max - 1;
-    const bool tail = v_tail_needs_zero(p, w);
     if constexpr (Traits::kQStages > 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
-    if (tail) issue_kv_tail(n);
-    else load_kv(n);
-    if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
-    if (tail) finish_kv_tail();
+    if (producer_zeroes_v_tail(p, w)) {
+      // Neither Q nor the next K waits for the tail: the consumers need K of block n - 1 right
+      // after block n's softmax, V of block n only for its P.V.
+      const PipelineState tail = state;
+      load_k(n, tail);
+      issue_v_tail(n, tail);
+      ++state;
+      if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
+      const bool more = n - 1 >= w.n_block_min;
+      if (more) load_k(n - 1, state);
+      finish_v_tail(tail);
+      if (more) {
+        load_v(n - 1, state);
+        ++state;
+        --n;
+      }
+    } else {
+      load_kv(n);
+      if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
+    }
     for (--n; n >= w.n_block_min; --n) load_kv(n);
   }
 
@@ -461,13 +476,31 @@ struct Mainloop {
 
   // A TMA box fills the whole block: in the block that holds the last key, the V rows past it
   // hold whatever the tensor has there (another sequence's keys, or cache slots never written,
-  // possibly NaN). Their P is 0, but 0 * NaN is NaN, so the producer zeroes those rows before
-  // the consumers see the block (produce). Not needed where those rows lie past the tensor's
+  // possibly NaN). Their P is 0, but 0 * NaN is NaN, so those rows are zeroed before the first
+  // P.V that reads the block. Not needed where those rows lie past the tensor's
   // row extent (a batched tensor that ends at the last key, or the last packed sequence): TMA
   // zero-fills them, as the gather does its rows past the last key.
   static __device__ int v_rows_valid(const Work& w) { return w.seq.seqlen_k - (w.n_block_max - 1) * kBlockN; }
   static __device__ bool v_tail_needs_zero(const FwdParams& p, const Work& w) {
     return !gathers(p) && v_rows_valid(w) < kBlockN && w.seq.k_start + w.seq.seqlen_k < p.k_tensor_rows;
+  }
+  // The producer zeroes it, except on the absorbed-MLA tile: there the first wgmma (Q K^T +
+  // Qv V^T) already reads V, and group 0 zeroes the tail after it (zero_v_tail), off that path.
+  static __device__ bool producer_zeroes_v_tail(const FwdParams& p, const Work& w) {
+    return !Traits::kQv && v_tail_needs_zero(p, w);
+  }
+  // Group 0 of the absorbed-MLA tile (thread: its index in the group) zeroes the tail of the
+  // block in stage st, then its threads meet. Kept outside the main loop, whose registers it
+  // would cost.
+  static __device__ void zero_v_tail(typename Traits::SharedStorage& smem, const Work& w, const PipelineState& st,
+                                     int thread) {
+    const int rows = v_rows_valid(w);
+    Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutV{});
+    constexpr int kChunks = kDV / 8;  // 16-byte chunks per row
+    for (int i = thread; i < (kBlockN - rows) * kChunks; i += 128)
+      *reinterpret_cast<uint4*>(&sV(rows + i / kChunks, i % kChunks * 8, st.index())) = make_uint4(0, 0, 0, 0);
+    cutlass::arch::fence_view_async_shared();  // generic writes, read by wgmma (async proxy)
+    cutlass::arch::NamedBarrier(128, int(BarrierId::kVTail)).arrive_and_wait();
   }
 
   // Paged K/V blocks and packed GQA Q rows are written by cp.async (the generic proxy); wgmma
@@ -729,6 +762,8 @@ struct Mainloop {
     warpgroup_wait<0>();
     finish_scores(n);
     convert_fragment(s, pr);
+    // Q K^T and Qv V^T of the first block have read V: zero its tail before any P.V.
+    if (v_tail_needs_zero(p, w)) zero_v_tail(smem, w, state_v, t);
     hand_over();
     for (--n; n >= w.n_block_min; --n) {
       issue_scores(state);
