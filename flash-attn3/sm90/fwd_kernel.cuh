@@ -107,6 +107,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
   if (threadIdx.x == 0) {
     smem.tile_full.init(1);
     smem.tile_empty.init(Traits::kConsumerThreads);
+    cutlass::arch::ClusterBarrier::init(&smem.v_tail_loaded, 1);
     if constexpr (Traits::kQv) {
       smem.p_full.init(128);
       smem.p_empty.init(128);
@@ -134,14 +135,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     const int producer_warp = __shfl_sync(0xffffffff, thread / 32, 0);
     auto state = cutlass::make_producer_start_state<Pipeline>();
     auto q_state = cutlass::make_producer_start_state<typename Traits::QPipeline>();
-    int handoffs = 0;
+    int handoffs = 0, v_tails = 0;
     for (int t = int(blockIdx.x); t < scheduler.num_tiles;) {
       const typename Loop::Work w = tile(t);
       if (w.has_rows() && w.has_keys()) {
         if (gather) Loop::produce_gathered(p, args.tma, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread);
         // TMA K/V with gathered Q rows: warp 0 issues K/V and its part of Q; warps 1-3 only
         // gather Q (they never arrive on the K/V barriers, so they must not wait on them).
-        else if (producer_warp == 0) Loop::produce(p, args.tma, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread);
+        else if (producer_warp == 0)
+          Loop::produce(p, args.tma, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread, v_tails);
         else Loop::load_q(p, args.tma, smem, w, pipe_q, q_state, thread);
       }
       // Draw the next tile while the consumers work on this one, and publish it to them.

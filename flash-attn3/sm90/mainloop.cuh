@@ -170,10 +170,11 @@ struct Mainloop {
 
   // Run for each tile with keys by the producer warp (or the whole producer warp group when it
   // gathers Q); thread 0 issues the K/V copies.
+  // v_tails: the V tails this warp has zeroed so far (the phase of smem.v_tail_loaded).
   static __device__ void produce(const FwdParams& p, const TmaDescriptors<Traits>& tma,
                                  typename Traits::SharedStorage& smem, const Work& w, QPipeline& pipe_q,
                                  QState& q_state, Pipeline& pipe_k, Pipeline& pipe_v, PipelineState& state,
-                                 int thread) {
+                                 int thread, int& v_tails) {
     const auto gmem_shape = [](int rows, int dim, int heads, int batch) { return make_shape(rows, dim, heads, batch); };
     Tensor mK = tma.k.get_tma_tensor(gmem_shape(p.k_tensor_rows, kD, p.num_heads_k, p.k_tensor_batch));
     Tensor mV = tma.v.get_tma_tensor(gmem_shape(p.k_tensor_rows, kDV, p.num_heads_k, p.k_tensor_batch));
@@ -192,20 +193,66 @@ struct Mainloop {
     Tensor tVg = get<0>(part_v);
     Tensor tVs = get<1>(part_v);
 
+    auto load_k = [&](int n, const PipelineState& st) {
+      pipe_k.producer_acquire(st);
+      if (thread == 0) copy(tma.k.with(*pipe_k.producer_get_barrier(st), 0), tKg(_, n), tKs(_, st.index()));
+    };
+    auto load_v = [&](int n, const PipelineState& st) {
+      pipe_v.producer_acquire(st);
+      if (thread == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(st), 0), tVg(_, n), tVs(_, st.index()));
+    };
     auto load_kv = [&](int n) {
-      pipe_k.producer_acquire(state);
-      if (thread == 0) copy(tma.k.with(*pipe_k.producer_get_barrier(state), 0), tKg(_, n), tKs(_, state.index()));
-      pipe_v.producer_acquire(state);
-      if (thread == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(state), 0), tVg(_, n), tVs(_, state.index()));
+      load_k(n, state);
+      load_v(n, state);
       ++state;
+    };
+    // The block that holds the last key, when its V rows past that key are not zero-filled by TMA
+    // (v_tail_needs_zero): V lands on a barrier of its own (smem.v_tail_loaded), the warp zeroes
+    // those rows, and only then completes the stage's full barrier (one plain arrive: the stage
+    // is not armed with transaction bytes), so the consumers see the tail already zeroed.
+    uint64_t* tail_loaded = &smem.v_tail_loaded;
+    auto issue_v_tail = [&](int n, const PipelineState& st) {
+      smem.pipe_v.empty_barrier_[st.index()].wait(st.phase());
+      if (thread == 0) {
+        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(tail_loaded, Traits::kBytesV);
+        copy(tma.v.with(*tail_loaded, 0), tVg(_, n), tVs(_, st.index()));
+      }
+    };
+    auto finish_v_tail = [&](const PipelineState& st) {
+      cutlass::arch::ClusterBarrier::wait(tail_loaded, v_tails++ & 1);
+      const int rows = v_rows_valid(w);
+      constexpr int kChunks = kDV / 8;  // 16-byte chunks per row
+      for (int i = thread; i < (kBlockN - rows) * kChunks; i += 32)
+        *reinterpret_cast<uint4*>(&sV(rows + i / kChunks, i % kChunks * 8, st.index())) = make_uint4(0, 0, 0, 0);
+      cutlass::arch::fence_view_async_shared();  // generic writes, read by wgmma (async proxy)
+      __syncwarp();
+      if (thread == 0) smem.pipe_v.full_barrier_[st.index()].arrive();
     };
     // With two Q buffers Q goes first (its buffer was freed a tile ago). With one, the first
     // K/V block streams in while the consumers finish the previous tile, and Q waits until they
     // no longer read the previous Q (nor, when O lives in Q's bytes, the previous O).
     int n = w.n_block_max - 1;
     if constexpr (Traits::kQStages > 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
-    load_kv(n);
-    if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
+    if (producer_zeroes_v_tail(p, w)) {
+      // Neither Q nor the next K waits for the tail: the consumers need K of block n - 1 right
+      // after block n's softmax, V of block n only for its P.V.
+      const PipelineState tail = state;
+      load_k(n, tail);
+      issue_v_tail(n, tail);
+      ++state;
+      if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
+      const bool more = n - 1 >= w.n_block_min;
+      if (more) load_k(n - 1, state);
+      finish_v_tail(tail);
+      if (more) {
+        load_v(n - 1, state);
+        ++state;
+        --n;
+      }
+    } else {
+      load_kv(n);
+      if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
+    }
     for (--n; n >= w.n_block_min; --n) load_kv(n);
   }
 
@@ -429,25 +476,31 @@ struct Mainloop {
 
   // A TMA box fills the whole block: in the block that holds the last key, the V rows past it
   // hold whatever the tensor has there (another sequence's keys, or cache slots never written,
-  // possibly NaN). Their P is 0, but 0 * NaN is NaN, so the consumers zero those rows before the
-  // first P.V, which reads that block (gathered blocks arrive zero-filled).
+  // possibly NaN). Their P is 0, but 0 * NaN is NaN, so those rows are zeroed before the first
+  // P.V that reads the block. Not needed where those rows lie past the tensor's
+  // row extent (a batched tensor that ends at the last key, or the last packed sequence): TMA
+  // zero-fills them, as the gather does its rows past the last key.
   static __device__ int v_rows_valid(const Work& w) { return w.seq.seqlen_k - (w.n_block_max - 1) * kBlockN; }
   static __device__ bool v_tail_needs_zero(const FwdParams& p, const Work& w) {
-    return !gathers(p) && v_rows_valid(w) < kBlockN;
+    return !gathers(p) && v_rows_valid(w) < kBlockN && w.seq.k_start + w.seq.seqlen_k < p.k_tensor_rows;
   }
-  // threads (thread is this one's index among them) zero the tail of the block in stage st and
-  // then meet at a barrier. Kept outside the main loop, whose registers it would cost.
+  // The producer zeroes it, except on the absorbed-MLA tile: there the first wgmma (Q K^T +
+  // Qv V^T) already reads V, and group 0 zeroes the tail after it (zero_v_tail), off that path.
+  static __device__ bool producer_zeroes_v_tail(const FwdParams& p, const Work& w) {
+    return !Traits::kQv && v_tail_needs_zero(p, w);
+  }
+  // Group 0 of the absorbed-MLA tile (thread: its index in the group) zeroes the tail of the
+  // block in stage st, then its threads meet. Kept outside the main loop, whose registers it
+  // would cost.
   static __device__ void zero_v_tail(typename Traits::SharedStorage& smem, const Work& w, const PipelineState& st,
-                                     int thread, int threads) {
+                                     int thread) {
     const int rows = v_rows_valid(w);
     Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutV{});
     constexpr int kChunks = kDV / 8;  // 16-byte chunks per row
-    for (int i = thread; i < (kBlockN - rows) * kChunks; i += threads)
+    for (int i = thread; i < (kBlockN - rows) * kChunks; i += 128)
       *reinterpret_cast<uint4*>(&sV(rows + i / kChunks, i % kChunks * 8, st.index())) = make_uint4(0, 0, 0, 0);
     cutlass::arch::fence_view_async_shared();  // generic writes, read by wgmma (async proxy)
-    // Unaligned: a group that computes the block and one that skips it arrive from different
-    // instructions.
-    cutlass::arch::NamedBarrier(threads, int(BarrierId::kVTail)).arrive_and_wait_unaligned();
+    cutlass::arch::NamedBarrier(128, int(BarrierId::kVTail)).arrive_and_wait();
   }
 
   // Paged K/V blocks and packed GQA Q rows are written by cp.async (the generic proxy); wgmma
@@ -523,11 +576,7 @@ struct Mainloop {
     const bool gathered = gathers(p);
     wait_q(p, pipe_q, q_state);
     PipelineState state_v = state;
-    const bool zero_tail = v_tail_needs_zero(p, w);
-    // Block n's V stage needs its rows past the keys zeroed: the tile's last block, whoever computes it.
-    auto holds_v_tail = [&](int n) { return zero_tail && n == w.n_block_max - 1; };
-    // A block none of the group's rows sees: one turn and both stages, no wgmma (the V tail is
-    // zeroed by every consumer thread together, so a group that skips that block joins in).
+    // A block none of the group's rows sees: one turn and both stages, no wgmma.
     auto skip_block = [&](int n) {
       take_turn();
       pass_turn();
@@ -535,7 +584,6 @@ struct Mainloop {
       pipe_k.consumer_release(state);
       ++state;
       pipe_v.consumer_wait(state_v);
-      if (holds_v_tail(n)) zero_v_tail(smem, w, state_v, thread_idx, Traits::kConsumerThreads);
       pipe_v.consumer_release(state_v);
       ++state_v;
     };
@@ -556,10 +604,6 @@ struct Mainloop {
       score_transform(n);
       softmax.update(s_rc, o_scale);
       convert_fragment(s, pr);
-      if (holds_v_tail(n)) {  // after the first block's softmax: V may not have landed yet
-        wait_kv(gathered, pipe_v, state_v);
-        zero_v_tail(smem, w, state_v, thread_idx, Traits::kConsumerThreads);
-      }
       for (--n; n >= wg.n_block_min; --n) {
         wait_kv(gathered, pipe_k, state);
         wait_kv(gathered, pipe_v, state_v);
@@ -719,7 +763,7 @@ struct Mainloop {
     finish_scores(n);
     convert_fragment(s, pr);
     // Q K^T and Qv V^T of the first block have read V: zero its tail before any P.V.
-    if (v_tail_needs_zero(p, w)) zero_v_tail(smem, w, state_v, t, 128);
+    if (v_tail_needs_zero(p, w)) zero_v_tail(smem, w, state_v, t);
     hand_over();
     for (--n; n >= w.n_block_min; --n) {
       issue_scores(state);

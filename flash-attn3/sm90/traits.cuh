@@ -42,7 +42,7 @@ enum class BarrierId : int {
   kEpilogue = 0,   // + consumer group: the group's O rows are in shared memory (or, staged in Q's bytes, read)
   kScheduler = 3,  // + consumer group: the group's turn to issue its wgmmas
   kProducer = 6,   // the producer warp group passes the next tile index around (paged k/v, packed GQA)
-  kVTail = 7,      // every consumer thread: V rows past the last key are zeroed
+  kVTail = 7,      // absorbed-MLA tile, group 0: the V rows past the last key are zeroed
 };
 
 // kQv: the absorbed-MLA tile (d 64 -> dv 256 / 512 with qv): S = Q K^T + Qv V^T over 64 rows,
@@ -178,6 +178,9 @@ struct Traits {
     // tile_empty when every consumer thread has read it.
     int next_tile;
     cutlass::arch::ClusterBarrier tile_full, tile_empty;
+    // The V block that holds the last key lands here first when the producer zeroes its rows
+    // past that key (Mainloop::produce); its stage's own full barrier completes after that.
+    alignas(8) uint64_t v_tail_loaded;
     // kQv: group 0 has written P and the row factors (p_full), group 1 has read them (p_empty).
     cutlass::arch::ClusterBarrier p_full, p_empty;
   };
