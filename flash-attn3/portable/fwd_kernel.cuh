@@ -116,11 +116,14 @@ struct KVLayout {
   const int* pages;  // page-table row of this batch row, or nullptr
   int page_size;
   int64_t k_batch_stride, k_row_stride, v_batch_stride, v_row_stride;
-  // Element offsets of paged key row j in K and V (from the tensor base + head offset).
-  __device__ void paged_offsets(int j, int64_t& k_off, int64_t& v_off) const {
-    const int64_t page = pages[j / page_size], slot = j % page_size;
-    k_off = page * k_batch_stride + slot * k_row_stride;
-    v_off = page * v_batch_stride + slot * v_row_stride;
+  // The page holding key row j: a page-table load, issued well before row_offsets needs it.
+  __device__ int page_of(int j) const { return pages[j / page_size]; }
+  // Element offsets of key row j, which sits in `page`, in K and V (from the tensor base + head
+  // offset).
+  __device__ void row_offsets(int page, int j, int64_t& k_off, int64_t& v_off) const {
+    const int64_t slot = j % page_size;
+    k_off = int64_t(page) * k_batch_stride + slot * k_row_stride;
+    v_off = int64_t(page) * v_batch_stride + slot * v_row_stride;
   }
 };
 
@@ -311,15 +314,21 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       load_tile<kNThreads, kBlockN, typename Traits::TileV>(sK + Traits::kSmemK, v_rows, rows_valid);
     }
   };
-  // Paged row offsets of block n_block into the buffer of `stage` (rows past the end: 0, unread).
-  auto store_row_offsets = [&](int n_block, int stage) {
-    for (int r = threadIdx.x; r < kBlockN; r += kNThreads) {
-      int64_t k_off = 0, v_off = 0;
-      if (n_block * kBlockN + r < seq.seqlen_k) kv.paged_offsets(n_block * kBlockN + r, k_off, v_off);
-      sRowOffsets[stage * 2 * kBlockN + r] = k_off;
-      sRowOffsets[stage * 2 * kBlockN + kBlockN + r] = v_off;
-    }
+  // Paged: thread r < kBlockN owns key row r of every block. The page of its row in block n
+  // (0 past the keys), and the row's offsets from that page into the buffer of `stage` (rows
+  // past the end: 0, unread).
+  auto row_page = [&](int n_block) {
+    const int j = n_block * kBlockN + int(threadIdx.x);
+    return n_block < n_block_max && j < seq.seqlen_k ? kv.page_of(j) : 0;
   };
+  auto store_row_offsets = [&](int n_block, int stage, int page) {
+    const int j = n_block * kBlockN + int(threadIdx.x);
+    int64_t k_off = 0, v_off = 0;
+    if (j < seq.seqlen_k) kv.row_offsets(page, j, k_off, v_off);
+    sRowOffsets[stage * 2 * kBlockN + threadIdx.x] = k_off;
+    sRowOffsets[stage * 2 * kBlockN + kBlockN + threadIdx.x] = v_off;
+  };
+  int next_page = 0;  // paged: the page of this thread's row in the block whose offsets go next
 
   // (kMSlabs, n8 tiles, 4) accumulators.
   float acc_o[kMSlabs][kNTilesO][4];
@@ -358,7 +367,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
     // Prologue: Q joins the first group; blocks n_block_min .. + kStages - 2 go in flight.
     if (paged) {
-      for (int i = 0; i < Traits::kStages && n_block_min + i < n_block_max; ++i) store_row_offsets(n_block_min + i, i);
+      if (threadIdx.x < kBlockN) {
+        for (int i = 0; i < Traits::kStages && n_block_min + i < n_block_max; ++i)
+          store_row_offsets(n_block_min + i, i, row_page(n_block_min + i));
+        next_page = row_page(n_block_min + Traits::kStages);
+      }
       __syncthreads();
     }
 #pragma unroll
@@ -386,12 +399,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const int n_issue = n_block + Traits::kStages - 1;
     if (n_issue < n_block_max) load_block(n_issue, (it + Traits::kStages - 1) % Traits::kStages);
     cp_async_commit();
-    // Paged: the row offsets of block n + kStages go to this block's buffer (issued long ago). The
-    // page-table load is started here and only consumed after this block's math.
-    const int n_fetch = n_block + Traits::kStages, fetch_row = n_fetch * kBlockN + int(threadIdx.x);
-    const bool fetch = paged && n_fetch < n_block_max;
-    int64_t fetched_k = 0, fetched_v = 0;
-    if (fetch && threadIdx.x < kBlockN && fetch_row < seq.seqlen_k) kv.paged_offsets(fetch_row, fetched_k, fetched_v);
+    // Paged: the row offsets of block n + kStages go to this block's buffer (block n was issued
+    // long ago), from the page-table entry loaded one iteration earlier; then the entry of block
+    // n + kStages + 1 is loaded for the next iteration. A decode block's math is shorter than
+    // that load's L2 round trip: loaded in the same iteration, it stalled the loop the more often
+    // the smaller the pages (H200, GQA 32/8 batch 8 x 8k over identical memory: pages of 16 keys
+    // 5% and pages of 8 8% below pages of 64, same instructions and DRAM bytes). Loaded an
+    // iteration ahead: pages of 1 +7-10%, of 16 +3-7%, of 64 within -3..+1% (decode d128).
+    if (paged && threadIdx.x < kBlockN) {
+      const int n_fetch = n_block + Traits::kStages;
+      if (n_fetch < n_block_max) store_row_offsets(n_fetch, it % Traits::kStages, next_page);
+      next_page = row_page(n_fetch + 1);
+    }
     const Element* sK = sKV + (it % Traits::kStages) * Traits::kSmemStage;
     const Element* sV = sK + Traits::kSmemK;
 
@@ -490,13 +509,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           mma_16816<Element>(acc_o[s][nt], p_frag[s], b[0], b[1]);
           mma_16816<Element>(acc_o[s][nt + 1], p_frag[s], b[2], b[3]);
         }
-      }
-    }
-    if (fetch) {
-      const int stage = it % Traits::kStages;
-      if (threadIdx.x < kBlockN) {
-        sRowOffsets[stage * 2 * kBlockN + threadIdx.x] = fetched_k;
-        sRowOffsets[stage * 2 * kBlockN + kBlockN + threadIdx.x] = fetched_v;
       }
     }
   }
