@@ -50,6 +50,25 @@ def test_paged_decode_and_chunk(fa3, dtype, page_size, causal, sq):
     check(fa3, f"paged{page_size}", got, lse, q, k_cache, v_cache, seqused_k=seqlens, page_table=table, causal=causal)
 
 
+@pytest.mark.parametrize("page_size", [1, 7, 16, 48])
+@pytest.mark.parametrize("num_splits", [2, 9, 40])
+def test_paged_splits_of_few_blocks(fa3, page_size, num_splits):
+    """Splits of one to a few key blocks over pages that need not divide a key block: each row's
+    page-table entry is read ahead of its block, and no split reads past its own blocks."""
+    torch.manual_seed(page_size * 101 + num_splits)
+    lengths = [900, 130, 1]
+    b, h, h_k, d = len(lengths), 8, 2, 128
+    k_cache, v_cache, table = paged_cache(lengths, page_size, h_k, d, d, torch.bfloat16)
+    nan_past_the_keys(k_cache, v_cache, lengths, table)
+    seqlens = ints(lengths)
+    q = randn(b, 1, h, d)
+    out = poisoned_like((b, 1, h, d), torch.bfloat16, "cuda")
+    got, lse = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table, causal=True,
+                                           num_splits=num_splits, return_softmax_lse=True, out=out)
+    check(fa3, f"paged{page_size}-splits{num_splits}", got, lse, q, k_cache, v_cache, seqused_k=seqlens,
+          page_table=table, causal=True)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_varlen_with_page_table(fa3, dtype):
     """A page table in flash_attn_varlen_func is honoured (never silently dropped)."""
