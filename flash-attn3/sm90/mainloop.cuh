@@ -220,11 +220,7 @@ struct Mainloop {
     };
     auto finish_v_tail = [&](const PipelineState& st) {
       cutlass::arch::ClusterBarrier::wait(tail_loaded, v_tails++ & 1);
-      const int rows = v_rows_valid(w);
-      constexpr int kChunks = kDV / 8;  // 16-byte chunks per row
-      for (int i = thread; i < (kBlockN - rows) * kChunks; i += 32)
-        *reinterpret_cast<uint4*>(&sV(rows + i / kChunks, i % kChunks * 8, st.index())) = make_uint4(0, 0, 0, 0);
-      cutlass::arch::fence_view_async_shared();  // generic writes, read by wgmma (async proxy)
+      zero_v_rows(smem, w, st, thread, 32);
       __syncwarp();
       if (thread == 0) smem.pipe_v.full_barrier_[st.index()].arrive();
     };
@@ -489,17 +485,23 @@ struct Mainloop {
   static __device__ bool producer_zeroes_v_tail(const FwdParams& p, const Work& w) {
     return !Traits::kQv && v_tail_needs_zero(p, w);
   }
+  // `threads` threads (thread: this one's index among them) zero the V rows past the last key
+  // in stage st and make those writes visible to wgmma; the caller then lets the readers in.
+  static __device__ void zero_v_rows(typename Traits::SharedStorage& smem, const Work& w, const PipelineState& st,
+                                     int thread, int threads) {
+    const int rows = v_rows_valid(w);
+    Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutV{});
+    constexpr int kChunks = kDV / 8;  // 16-byte chunks per row
+    for (int i = thread; i < (kBlockN - rows) * kChunks; i += threads)
+      *reinterpret_cast<uint4*>(&sV(rows + i / kChunks, i % kChunks * 8, st.index())) = make_uint4(0, 0, 0, 0);
+    cutlass::arch::fence_view_async_shared();  // generic writes, read by wgmma (async proxy)
+  }
   // Group 0 of the absorbed-MLA tile (thread: its index in the group) zeroes the tail of the
   // block in stage st, then its threads meet. Kept outside the main loop, whose registers it
   // would cost.
   static __device__ void zero_v_tail(typename Traits::SharedStorage& smem, const Work& w, const PipelineState& st,
                                      int thread) {
-    const int rows = v_rows_valid(w);
-    Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutV{});
-    constexpr int kChunks = kDV / 8;  // 16-byte chunks per row
-    for (int i = thread; i < (kBlockN - rows) * kChunks; i += 128)
-      *reinterpret_cast<uint4*>(&sV(rows + i / kChunks, i % kChunks * 8, st.index())) = make_uint4(0, 0, 0, 0);
-    cutlass::arch::fence_view_async_shared();  // generic writes, read by wgmma (async proxy)
+    zero_v_rows(smem, w, st, thread, 128);
     cutlass::arch::NamedBarrier(128, int(BarrierId::kVTail)).arrive_and_wait();
   }
 
