@@ -399,18 +399,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const int n_issue = n_block + Traits::kStages - 1;
     if (n_issue < n_block_max) load_block(n_issue, (it + Traits::kStages - 1) % Traits::kStages);
     cp_async_commit();
-    // Paged: the row offsets of block n + kStages go to this block's buffer (block n was issued
-    // long ago), from the page-table entry loaded one iteration earlier; then the entry of block
-    // n + kStages + 1 is loaded for the next iteration. A decode block's math is shorter than
+    // Paged: the page-table entry of block n + kStages + 1 is loaded here, and the row offsets of
+    // block n + kStages go to this block's buffer (block n was issued long ago) after this block's
+    // math, from the entry loaded one iteration earlier. A decode block's math is shorter than
     // that load's L2 round trip: loaded in the same iteration, it stalled the loop the more often
     // the smaller the pages (H200, GQA 32/8 batch 8 x 8k over identical memory: pages of 16 keys
     // 5% and pages of 8 8% below pages of 64, same instructions and DRAM bytes). Loaded an
-    // iteration ahead: pages of 1 +7-10%, of 16 +3-7%, of 64 within -3..+1% (decode d128).
-    if (paged && threadIdx.x < kBlockN) {
-      const int n_fetch = n_block + Traits::kStages;
-      if (n_fetch < n_block_max) store_row_offsets(n_fetch, it % Traits::kStages, next_page);
-      next_page = row_page(n_fetch + 1);
-    }
+    // iteration ahead: pages of 1 +7-10%, of 16 +3-7% (decode d128); storing the offsets after the
+    // math rather than before it: pages of 64 +1-4%, of 16 -1..+1%, of 1 -1..-2%.
+    const int page = next_page;
+    if (paged && threadIdx.x < kBlockN) next_page = row_page(n_block + Traits::kStages + 1);
     const Element* sK = sKV + (it % Traits::kStages) * Traits::kSmemStage;
     const Element* sV = sK + Traits::kSmemK;
 
@@ -511,6 +509,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
       }
     }
+    if (paged && threadIdx.x < kBlockN && n_block + Traits::kStages < n_block_max)
+      store_row_offsets(n_block + Traits::kStages, it % Traits::kStages, page);
   }
 
   // The split-KV combine (a programmatic dependent on sm90) may start launching now; it waits
