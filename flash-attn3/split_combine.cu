@@ -57,50 +57,66 @@ __global__ void __launch_bounds__(kThreads) split_combine_kernel(const __grid_co
   __shared__ float lse_of[kMaxRows];
   __shared__ float4 lane_sums[kThreads];  // (row, split lane, column group)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // Launched as a programmatic dependent (p.pdl): wait for the forward grid's partial outputs.
+  // The next call's forward (a programmatic dependent) may start launching: it waits for this
+  // grid to complete before it reads memory. Launched as one itself (p.pdl): wait for the forward
+  // grid's partial outputs.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int splits = p.num_splits;
   const int64_t first = int64_t(blockIdx.x) * rows;
 
-  // Row r's weights: one warp, lanes over the splits (fixed order for a given num_splits).
-  for (int r = warp; r < rows; r += kWarps) {
-    const int64_t index = first + r;
-    if (index >= p.lse_rows) break;
-    if (!row_of_a_sequence(p, index)) continue;
-    const int head = p.cu_seqlens_q ? int(index / p.lse_head_stride)
-                                    : int(index % p.lse_batch_stride / p.lse_head_stride);
+  // This thread's (row, split lane, column group) of the weighted sum. Its first kSplitUnroll
+  // partial outputs are loaded before the weights exist, so their L2 round trip overlaps the
+  // LSE reduction's.
+  const int groups = p.head_dim_v / 4;
+  const int per_row = groups * split_lanes;
+  const int r = threadIdx.x / per_row, split_lane = threadIdx.x % per_row / groups, group = threadIdx.x % groups;
+  const int64_t index = first + r;
+  const bool active = r < rows && index < p.lse_rows && row_of_a_sequence(p, index);
+  const float* src = p.o_partial + index * p.head_dim_v + group * 4;
+  const int64_t split_stride = p.lse_rows * p.head_dim_v;
+  float4 ahead[kSplitUnroll];
+#pragma unroll
+  for (int u = 0; u < kSplitUnroll; ++u) {
+    const int s = split_lane + u * split_lanes;
+    if (active && s < splits) ahead[u] = *reinterpret_cast<const float4*>(src + s * split_stride);
+  }
+
+  // Each row's weights: one warp, lanes over the splits (fixed order for a given num_splits).
+  for (int row = warp; row < rows; row += kWarps) {
+    const int64_t row_index = first + row;
+    if (row_index >= p.lse_rows) break;
+    if (!row_of_a_sequence(p, row_index)) continue;
+    const int head = p.cu_seqlens_q ? int(row_index / p.lse_head_stride)
+                                    : int(row_index % p.lse_batch_stride / p.lse_head_stride);
     const float sink = p.sinks ? p.sinks[head] : -INFINITY;
     float m = sink;
-    for (int s = lane; s < splits; s += 32) m = fmaxf(m, p.lse_partial[s * p.lse_rows + index]);
+    for (int s = lane; s < splits; s += 32) m = fmaxf(m, p.lse_partial[s * p.lse_rows + row_index]);
 #pragma unroll
     for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     float total = 0.f;
     if (m != -INFINITY) {
-      for (int s = lane; s < splits; s += 32) total += expf(p.lse_partial[s * p.lse_rows + index] - m);
+      for (int s = lane; s < splits; s += 32) total += expf(p.lse_partial[s * p.lse_rows + row_index] - m);
 #pragma unroll
       for (int o = 16; o > 0; o /= 2) total += __shfl_xor_sync(0xffffffffu, total, o);
       total += expf(sink - m);
     }
     const float lse = m == -INFINITY ? -INFINITY : m + logf(total);
     for (int s = lane; s < splits; s += 32)
-      weights[r][s] = lse == -INFINITY ? 0.f : expf(p.lse_partial[s * p.lse_rows + index] - lse);
-    if (lane == 0) lse_of[r] = lse;
+      weights[row][s] = lse == -INFINITY ? 0.f : expf(p.lse_partial[s * p.lse_rows + row_index] - lse);
+    if (lane == 0) lse_of[row] = lse;
   }
   __syncthreads();
 
-  const int groups = p.head_dim_v / 4;
-  const int per_row = groups * split_lanes;
-  const int r = threadIdx.x / per_row, split_lane = threadIdx.x % per_row / groups, group = threadIdx.x % groups;
-  const int64_t index = first + r;
-  const bool active = r < rows && index < p.lse_rows && row_of_a_sequence(p, index);
   if (active) {
-    const float* src = p.o_partial + index * p.head_dim_v + group * 4;
-    const int64_t split_stride = p.lse_rows * p.head_dim_v;
     const float* w = weights[r];
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     int s = split_lane;
+#pragma unroll
+    for (int u = 0; u < kSplitUnroll; ++u, s += split_lanes)
+      if (s < splits) acc = fma4(w[s], ahead[u], acc);
     for (; s + (kSplitUnroll - 1) * split_lanes < splits; s += kSplitUnroll * split_lanes) {
       float4 v[kSplitUnroll];
 #pragma unroll

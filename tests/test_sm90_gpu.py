@@ -185,6 +185,26 @@ def test_dense_more_tiles_than_sms(fa3, dtype, dims, causal, pack_gqa):
     check_with_sinks(fa3, "persistent", dtype, (4, 1000, 1000, 16, 4), (d, dv), causal, pack_gqa)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("window", [(-1, 0), (-1, 40)], ids=["causal", "right-window"])
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_tile_order_sections(fa3, dtype, d, window, pack_gqa):
+    """Tiles whose key range ends at their rows (causal, or a right window alone) are drawn in
+    sections of (head, batch) pairs whose K/V fit a share of L2, the longest tile of every pair of
+    a section first. 5 batch rows x 12 heads (4 KV heads) over 1500 keys make several sections, the
+    last with fewer pairs, at d 128 and 256 (49 / 24 pairs unpacked, 16 / 8 packed; 60 and 20 pairs
+    in all) and one section at d 64."""
+    torch.manual_seed(17)
+    b, s, h, h_k = 5, 1500, 12, 4
+    q, k, v = randn(b, s, h, d, dtype=dtype), randn(b, s, h_k, d, dtype=dtype), randn(b, s, h_k, d, dtype=dtype)
+    out = poisoned_like((b, s, h, d), dtype, "cuda")
+    causal = window == (-1, 0)
+    got, lse = fa3.flash_attn_func(q, k, v, causal=causal, window_size=window, return_softmax_lse=True, out=out,
+                                   pack_gqa=pack_gqa)
+    check(fa3, "sections", got, lse, q, k, v, causal=causal, window_size=window)
+
+
 # (name, flash_attn kwargs, attention_ref kwargs, tolerance factor)
 FEATURES = [
     ("window", dict(window_size=(37, 11)), dict(window_size=(37, 11)), 2.0),

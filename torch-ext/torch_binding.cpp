@@ -173,9 +173,11 @@ void check_launch(cudaError_t err, const char* what) {
 // out = attention(q, k, v); writes `out` and `softmax_lse` in place.
 // Launches the forward kernel; with use_combine each split writes fp32 partials into workspace from
 // torch's caching allocator (safe under CUDA-graph capture) and the combine kernel merges them.
-// pdl: the combine may launch as a programmatic dependent of the forward grid.
+// pdl: the forward (portable family) and the combine may launch as programmatic dependents of
+// the grid before each on the stream.
 void launch_forward(const sgl_fa3::FwdKernel& kernel, sgl_fa3::FwdParams& p, const Tensor& like, bool use_combine,
                     int64_t head_dim_v, bool pdl, cudaStream_t stream) {
+  p.pdl = pdl;
   if (!use_combine) {
     check_launch(kernel.launch(p, stream), "attention kernel launch");
     return;
@@ -184,7 +186,6 @@ void launch_forward(const sgl_fa3::FwdKernel& kernel, sgl_fa3::FwdParams& p, con
   Tensor lse_partial = torch::stable::new_empty(like, {p.num_splits, p.lse_rows}, ScalarType::Float);
   p.o_partial = static_cast<float*>(o_partial.data_ptr());
   p.lse_partial = static_cast<float*>(lse_partial.data_ptr());
-  p.pdl = pdl;
   check_launch(kernel.launch(p, stream), "attention kernel launch");
   check_launch(sgl_fa3::run_split_combine(p, stream), "split-KV combine launch");
 }
@@ -320,8 +321,9 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   // Upper bound of any row's key count (with ragged appends seqlen_k_new is the packed total).
   const int64_t keys_bound =
       (paged ? page_table->size(1) * p.page_size : packed_k ? max_seqlen_k : k.size(1)) + seqlen_k_new;
+  p.max_seqlen_k = int(std::min<int64_t>(keys_bound, INT32_MAX));
   const sgl_fa3::PlanInputs plan_inputs{
-      int(batch), int(seqlen_q), int(std::min<int64_t>(keys_bound, INT32_MAX)), int(num_heads), int(num_heads_k),
+      int(batch), int(seqlen_q), p.max_seqlen_k, int(num_heads), int(num_heads_k),
       tile_shape(kernels.prefill), tile_shape(kernels.short_query), tile_shape(kernels.decode),
       device_limits(device).num_sms, int(num_splits), int(pack_gqa), deterministic, paged};
   sgl_fa3::Plan plan = sgl_fa3::plan_forward(plan_inputs);

@@ -254,6 +254,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const RowMap rows{group, params.pack_gqa ? head_y * group : head_y, params.pack_gqa};
   const int rows_per_query = params.pack_gqa ? group : 1;
 
+  // Launched as a programmatic dependent (params.pdl): everything above overlapped the previous
+  // grid's tail; from here on this grid reads memory that grid may have written (q, the cache).
+  wait_for_previous_grids();
   const SeqInfo seq(params, batch);
   const int tile_rows = seq.rows_q * rows_per_query;  // rows of this problem in tile space
   const int used_rows = seq.seqlen_q * rows_per_query;
@@ -513,9 +516,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       store_row_offsets(n_block + Traits::kStages, it % Traits::kStages, page);
   }
 
-  // The split-KV combine (a programmatic dependent on sm90) may start launching now; it waits
-  // for this grid's partial outputs before reading them.
-  if (partial) allow_dependent_launch();
+  // The grid after this one (the split-KV combine, or the next call's forward; programmatic
+  // dependents on sm90) may start launching now: it waits for this grid's outputs before it
+  // reads any memory.
+  allow_dependent_launch();
 
   // Epilogue, over the main-loop smem:
   //  1. each warp parks its unnormalised O (fp32) and its rows' statistics (max in log2 units,
