@@ -160,18 +160,11 @@ cudaError_t run_split_combine(const FwdParams& params, cudaStream_t stream) {
   const int groups = params.head_dim_v / 4;
   const int split_lanes = std::min(params.num_splits, kThreads / groups);
   const int rows = std::min(kMaxRows, kThreads / (groups * split_lanes));
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned((params.lse_rows + rows - 1) / rows));
-  config.blockDim = dim3(kThreads);
-  config.stream = stream;
-  cudaLaunchAttribute overlap = {};
-  overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  overlap.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &overlap;
-  config.numAttrs = params.pdl ? 1 : 0;
+  const OverlappedLaunch launch(dim3(unsigned((params.lse_rows + rows - 1) / rows)), dim3(kThreads), 0, stream,
+                                params.pdl);
   return params.dtype == DType::kFloat16
-             ? cudaLaunchKernelEx(&config, split_combine_kernel<__half>, params, rows, split_lanes)
-             : cudaLaunchKernelEx(&config, split_combine_kernel<__nv_bfloat16>, params, rows, split_lanes);
+             ? cudaLaunchKernelEx(&launch.config, split_combine_kernel<__half>, params, rows, split_lanes)
+             : cudaLaunchKernelEx(&launch.config, split_combine_kernel<__nv_bfloat16>, params, rows, split_lanes);
 }
 
 }  // namespace sgl_fa3

@@ -3,6 +3,7 @@
 
 #include <type_traits>
 
+#include "../api.h"
 #include "../registry.h"
 #include "fwd_kernel.cuh"
 
@@ -86,17 +87,8 @@ cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
   const dim3 grid(unsigned(m_blocks * params.num_splits), params.pack_gqa ? params.num_heads_k : params.num_heads,
                   params.batch);
   if (grid.x == 0 || grid.z == 0) return cudaSuccess;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = dim3(Traits::kNThreads);
-  config.dynamicSmemBytes = kSmem;
-  config.stream = stream;
-  cudaLaunchAttribute overlap = {};
-  overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  overlap.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &overlap;
-  config.numAttrs = params.pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&config, fwd_kernel<Traits>, params);
+  const OverlappedLaunch launch(grid, dim3(Traits::kNThreads), kSmem, stream, params.pdl);
+  return cudaLaunchKernelEx(&launch.config, fwd_kernel<Traits>, params);
 }
 
 template <typename Element, int kD, int kDV, typename Tile>
