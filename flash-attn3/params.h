@@ -61,7 +61,6 @@ struct FwdParams {
   int batch;
   int seqlen_q;  // dense q length, or max over the batch when packed (sizes the grid)
   int seqlen_k;  // dense k length (ignored when cu_seqlens_k / seqused_k give it)
-  int max_seqlen_k;  // upper bound of any row's key count (sizes the Hopper tile order's sections)
   int num_heads, num_heads_k;
   int head_dim, head_dim_v;
 
@@ -88,8 +87,8 @@ struct FwdParams {
   // (SGLang overlaps communication kernels).
   int* tile_counter;
   int num_sms, sm_margin;
-  // sm90+: the portable forward and the split-KV combine launch as programmatic dependents of
-  // the grid before them on the stream, so their launch overlaps that grid's last CTAs instead of
+  // The binding sets it on Hopper: the portable forward and the split-KV combine launch as
+  // programmatic dependents of the grid before them on the stream, so their launch overlaps that grid's last CTAs instead of
   // following their exit (each waits for that grid's writes before it reads memory).
   bool pdl;
 

@@ -17,6 +17,7 @@
 #include <algorithm>
 
 #include "api.h"
+#include "overlap.cuh"
 
 namespace sgl_fa3 {
 namespace {
@@ -56,13 +57,11 @@ __global__ void __launch_bounds__(kThreads) split_combine_kernel(const __grid_co
   __shared__ float weights[kMaxRows][kMaxSplits];
   __shared__ float lse_of[kMaxRows];
   __shared__ float4 lane_sums[kThreads];  // (row, split lane, column group)
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // The next call's forward (a programmatic dependent) may start launching: it waits for this
   // grid to complete before it reads memory. Launched as one itself (p.pdl): wait for the forward
   // grid's partial outputs.
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
+  allow_dependent_launch();
+  wait_for_previous_grids();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int splits = p.num_splits;
   const int64_t first = int64_t(blockIdx.x) * rows;

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 import bench_decode as bd
@@ -95,7 +96,7 @@ def timeline(fa3, args: argparse.Namespace) -> None:
         gqa = p.nheads_q != p.nheads_kv
         sdpa = [partial(torch.nn.functional.scaled_dot_product_attention,
                         *(x.transpose(1, 2) for x in (buf.q, buf.k, buf.v)), enable_gqa=gqa) for buf in bufs] * 2
-        with bd.sdpa_kernel(bd.SDPBackend.CUDNN_ATTENTION):
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             rows = kernel_timeline(sdpa)
         print(f"# cuDNN {p.label()}")
         for name, dur, gap in rows:

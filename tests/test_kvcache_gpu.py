@@ -308,6 +308,38 @@ def test_decode_step_in_cuda_graph(fa3):
         assert torch.equal(got, out)
 
 
+def test_chained_split_decode_in_cuda_graph(fa3):
+    """Split decode calls captured back to back, each call's q the previous call's output. On Hopper
+    a call's forward starts while the previous call's combine drains (programmatic dependent
+    launch) and must still read the q that combine writes: every output is poisoned before the
+    replay and checked against the reference on the q it was given."""
+    torch.manual_seed(37)
+    b, h, h_k, d, sk, calls = 2, 8, 2, 128, 3000, 4
+    k_cache, v_cache = randn(b, sk, h_k, d), randn(b, sk, h_k, d)
+    seqlens = ints([sk, 1700])
+    qs = [randn(b, 1, h, d)] + [torch.empty(b, 1, h, d, dtype=torch.bfloat16, device="cuda") for _ in range(calls)]
+    lses = []
+
+    def chain():
+        lses.clear()
+        for i in range(calls):
+            _, lse = fa3.flash_attn_with_kvcache(qs[i], k_cache, v_cache, cache_seqlens=seqlens, causal=True,
+                                                 num_splits=4, return_softmax_lse=True, out=qs[i + 1])
+            lses.append(lse)
+
+    chain()  # warm up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        chain()
+    for out in qs[1:]:
+        out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    for i in range(calls):
+        check(fa3, f"chained call {i}", qs[i + 1], lses[i], qs[i], k_cache, v_cache, seqused_k=seqlens, causal=True)
+
+
 ALL_PAIRS = [(64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128), (64, 256), (64, 512)]
 
 

@@ -321,9 +321,8 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   // Upper bound of any row's key count (with ragged appends seqlen_k_new is the packed total).
   const int64_t keys_bound =
       (paged ? page_table->size(1) * p.page_size : packed_k ? max_seqlen_k : k.size(1)) + seqlen_k_new;
-  p.max_seqlen_k = int(std::min<int64_t>(keys_bound, INT32_MAX));
   const sgl_fa3::PlanInputs plan_inputs{
-      int(batch), int(seqlen_q), p.max_seqlen_k, int(num_heads), int(num_heads_k),
+      int(batch), int(seqlen_q), int(std::min<int64_t>(keys_bound, INT32_MAX)), int(num_heads), int(num_heads_k),
       tile_shape(kernels.prefill), tile_shape(kernels.short_query), tile_shape(kernels.decode),
       device_limits(device).num_sms, int(num_splits), int(pack_gqa), deterministic, paged};
   sgl_fa3::Plan plan = sgl_fa3::plan_forward(plan_inputs);
@@ -383,7 +382,8 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   p.n_blocks_per_split = plan.n_blocks_per_split;
 
   const torch::stable::accelerator::DeviceGuard guard(device);
-  launch_forward(kernel, p, q, plan.use_combine, head_dim_v, device_limits(device).major >= 9, current_stream(device));
+  // Programmatic dependent launch where it was tested (Hopper); later GPUs launch plainly.
+  launch_forward(kernel, p, q, plan.use_combine, head_dim_v, device_limits(device).major == 9, current_stream(device));
 }
 
 // Appends k_new/v_new to the cache at slot cache_seqlens[b] (+ page table / cache rows),

@@ -20,6 +20,7 @@
 #include <cuda_runtime.h>
 
 #include "../mask.h"
+#include "../overlap.cuh"
 #include "../params.h"
 #include "../seqinfo.cuh"
 #include "primitives.cuh"

@@ -3,7 +3,7 @@
 
 #include <type_traits>
 
-#include "../api.h"
+#include "../overlap.cuh"
 #include "../registry.h"
 #include "fwd_kernel.cuh"
 

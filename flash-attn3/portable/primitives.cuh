@@ -83,19 +83,4 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
-// Programmatic dependent launch (sm90+; no-ops before). allow_dependent_launch lets a grid
-// launched with programmatic stream serialization start once every CTA of this grid has
-// signalled; wait_for_previous_grids, in such a grid, waits until the work before it on the
-// stream has completed and its writes are visible (at once for a grid launched without it).
-__device__ __forceinline__ void allow_dependent_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wait_for_previous_grids() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-
 }  // namespace sgl_fa3::portable

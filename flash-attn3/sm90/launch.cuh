@@ -42,26 +42,29 @@ using TraitsFor = Traits<CudaElement, kD, kDV, Tile<kD, kDV>::kM, Tile<kD, kDV>:
 // A TMA box cannot have a zero stride; a mode of extent 1 never moves, so any aligned stride does.
 inline int64_t tma_stride(int extent, int64_t stride, int64_t fallback) { return extent == 1 ? fallback : stride; }
 
-// Tile order (scheduler.cuh): how many (head, batch row) pairs are drawn together, m_block
-// outermost. Where tiles of one pair differ in length (a key range that ends at the row: causal,
+// Tile order (scheduler.cuh): how many (head, batch row) pairs are drawn together, the key split
+// and then the m_block outermost. Where tiles of one pair differ in length (a key range that ends at the row: causal,
 // or a right window with no left bound), drawing the longest tile of every pair of a section
 // first keeps the longest ones out of the last wave, and a section whose K/V fit in kSectionL2Bytes
 // still shares them in L2. Budget sweep (H200, bf16 causal, against one pair per section):
 // 12 MB d64 +1-7%, d128 +0.5-2%, d256 +0-1.5% over seqlen 512-16k; 24 MB loses 2-3% at d256 and
 // d128 16k (the longer working set), 2-6 MB gain less; H100 at 12 MB: causal geomean +1.0%
 // (d64 512 +6%, d256 16k +3%, d256 1k -2.5%). Equal tiles, and key splits (whose row
-// tiles must run side by side: absorbed-MLA decode halved when they did not), keep one pair.
+// tiles must run side by side: absorbed-MLA decode halved when they did not), keep one pair, as
+// do calls whose rows differ in length (varlen, seqused, paged or appended keys: measured only on
+// dense batches, where every pair has the same tiles and seqlen_k sizes a section exactly).
 inline constexpr int64_t kSectionL2Bytes = int64_t(12) << 20;
 
 template <class Traits>
-int section_pairs(const FwdParams& p, int splits) {
+int pairs_per_section(const FwdParams& p, int splits) {
   const bool lengths_differ = p.window_right >= 0 && p.window_left < 0;
-  if (!lengths_differ || splits > 1) return 1;
+  const bool dense = !p.cu_seqlens_q && !p.cu_seqlens_k && !p.seqused_q && !p.seqused_k && !p.page_table &&
+                     !p.leftpad_k && !p.cu_seqlens_k_new && p.seqlen_k_new == 0;
+  if (!lengths_differ || !dense || splits > 1) return 1;
   // K/V bytes of one pair; without pack_gqa the query heads of a KV group read the same K/V.
   const int heads_per_kv = p.pack_gqa ? 1 : p.num_heads / p.num_heads_k;
   const int64_t pair_bytes = std::max<int64_t>(
-      int64_t(p.max_seqlen_k) * (Traits::kD + Traits::kDV) * int64_t(sizeof(typename Traits::Element)) / heads_per_kv,
-      1);
+      int64_t(p.seqlen_k) * (Traits::kD + Traits::kDV) * int64_t(sizeof(typename Traits::Element)) / heads_per_kv, 1);
   return int(std::clamp<int64_t>(kSectionL2Bytes / pair_bytes, 1, INT32_MAX));
 }
 
@@ -120,7 +123,7 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
   const int64_t tiles = m_blocks * splits * units * p.batch;
   if (tiles == 0) return cudaSuccess;
   if (tiles > INT32_MAX - 2 * 1024) return cudaErrorInvalidValue;  // tile indices are 32-bit
-  const TileScheduler scheduler(int(m_blocks), splits, units, p.batch, section_pairs<Traits>(p, splits),
+  const TileScheduler scheduler(int(m_blocks), splits, units, p.batch, pairs_per_section<Traits>(p, splits),
                                 p.tile_counter);
   // Persistent: one CTA per SM (the tile uses the whole shared memory), each walking the tiles;
   // sm_margin SMs stay free (at least one CTA runs).
