@@ -3,13 +3,15 @@
 
     python scripts/ab_prefill.py BASE_BUILD NEW_BUILD [--seqlens 512,1024] [--hdims 64,128]
     python scripts/ab_prefill.py BASE_BUILD NEW_BUILD --backend portable --peer fa2
+    python scripts/ab_prefill.py BASE_BUILD NEW_BUILD --varlen --hdims 64,128
 
 Each argument is a build folder (the `build/` of a checkout: `kernels.get_local_kernel` loads it).
 Shapes as in bench_prefill.py (bf16, batch * seqlen = 16k, heads * d = 2048); each point is timed
 in two alternating rounds and the best of each build is kept, so that clock drift during the run
 does not favour one build. Prints TFLOP/s and the ratio to the first build, then the geometric
 mean of those ratios. --backend picks the kernel family (SGL_FLASH_ATTN3_BACKEND), --peer the
-SDPA backend printed beside them.
+SDPA backend printed beside them. --varlen times the packed workload of bench_prefill_varlen.py
+(64 sequences of seeded random length 1..8k) instead, without a peer.
 """
 
 from __future__ import annotations
@@ -19,11 +21,29 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 import bench_prefill as bp
+import bench_prefill_varlen as bv
 from bench_table import versions_line
+
+
+def best_of_rounds(builds: list, measure: Callable[[object], float]) -> list[float]:
+    """Each build's best TFLOP/s over two alternating rounds."""
+    best = [0.0] * len(builds)
+    for _ in range(2):
+        for i, fa3 in enumerate(builds):
+            best[i] = max(best[i], measure(fa3))
+    return best
+
+
+def record(ratios: list[list[float]], best: list[float], label: str) -> None:
+    for i, x in enumerate(best):
+        ratios[i].append(x / best[0])
+    cells = " ".join(f"{x:.1f} ({x / best[0]:.3f})" for x in best)
+    print(f"{label} | {cells}", flush=True)
 
 
 def main() -> int:
@@ -33,6 +53,7 @@ def main() -> int:
     parser.add_argument("--hdims", default="64,96,128,192,256")
     parser.add_argument("--backend", choices=("auto", "portable", "sm90"), default="auto")
     parser.add_argument("--peer", choices=sorted(bp.PEERS), default="cudnn")
+    parser.add_argument("--varlen", action="store_true", help="the packed workload of bench_prefill_varlen.py")
     args = parser.parse_args()
     if len(args.builds) < 2:
         parser.error("give at least two builds to compare")
@@ -42,18 +63,24 @@ def main() -> int:
     builds = [get_local_kernel(b) for b in args.builds]
     print(versions_line())
     ratios: list[list[float]] = [[] for _ in builds]
+    lengths = bv.seq_lengths()
     for d in (int(x) for x in args.hdims.split(",")):
         for causal in (False, True):
+            if args.varlen:
+                inputs = bv.packed_inputs(d, lengths)
+                best = best_of_rounds(builds, lambda fa3: bv.ours_tflops(fa3, d, causal, lengths, inputs))
+                record(ratios, best, f"varlen d{d} causal={int(causal)}")
+                continue
             for seqlen in (int(x) for x in args.seqlens.split(",")):
-                best = [0.0] * len(builds)
-                for _ in range(2):
-                    for i, fa3 in enumerate(builds):
-                        ours, peer = bp.measure(fa3, bp.PEERS[args.peer], torch.bfloat16, d, d, causal, seqlen)
-                        best[i] = max(best[i], ours)
-                for i, x in enumerate(best):
-                    ratios[i].append(x / best[0])
-                cells = " ".join(f"{x:.1f} ({x / best[0]:.3f})" for x in best)
-                print(f"d{d} causal={int(causal)} seqlen={seqlen} {args.peer} {peer:.0f} | {cells}", flush=True)
+                peer = 0.0
+
+                def measure(fa3) -> float:
+                    nonlocal peer
+                    ours, peer = bp.measure(fa3, bp.PEERS[args.peer], torch.bfloat16, d, d, causal, seqlen)
+                    return ours
+
+                best = best_of_rounds(builds, measure)
+                record(ratios, best, f"d{d} causal={int(causal)} seqlen={seqlen} {args.peer} {peer:.0f}")
     means = " ".join(f"{math.exp(sum(map(math.log, r)) / len(r)):.4f}" for r in ratios)
     print(f"# geomean vs the first build: {means}")
     return 0

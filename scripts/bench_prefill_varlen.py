@@ -43,16 +43,28 @@ def useful_flops(lengths: list[int], heads: int, d: int, causal: bool) -> float:
     return 4 * heads * d * keys
 
 
-def measure_varlen(fa3, d: int, causal: bool, lengths: list[int]) -> tuple[float, float]:
+def packed_inputs(d: int, lengths: list[int]) -> tuple[torch.Tensor, ...]:
+    """q, k, v (total, heads, d) and cu_seqlens of the packed sequences."""
     heads, total = HIDDEN // d, sum(lengths)
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
     q, k, v = (torch.randn(total, heads, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    return q, k, v, cu
+
+
+def ours_tflops(fa3, d: int, causal: bool, lengths: list[int], inputs: tuple[torch.Tensor, ...]) -> float:
+    q, k, v, cu = inputs
     max_len = max(lengths)
-    ours = median_ms(lambda: fa3.flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, causal=causal))
+    ms = median_ms(lambda: fa3.flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, causal=causal))
+    return useful_flops(lengths, HIDDEN // d, d, causal) / ms / 1e9
+
+
+def measure_varlen(fa3, d: int, causal: bool, lengths: list[int]) -> tuple[float, float]:
+    inputs = packed_inputs(d, lengths)
+    q, k, v, cu = inputs
+    max_len = max(lengths)
     window = (-1, 0) if causal else (-1, -1)
     theirs = median_ms(lambda: varlen_attn(q, k, v, cu, cu, max_len, max_len, window_size=window))
-    flops = useful_flops(lengths, heads, d, causal)
-    return flops / ours / 1e9, flops / theirs / 1e9
+    return ours_tflops(fa3, d, causal, lengths, inputs), useful_flops(lengths, HIDDEN // d, d, causal) / theirs / 1e9
 
 
 def measure_dense4k(fa3, d: int, causal: bool) -> float:
