@@ -88,8 +88,9 @@ struct FwdParams {
   int* tile_counter;
   int num_sms, sm_margin;
   // The binding sets it on Hopper: the portable forward and the split-KV combine launch as
-  // programmatic dependents of the grid before them on the stream, so their launch overlaps that grid's last CTAs instead of
-  // following their exit (each waits for that grid's writes before it reads memory).
+  // programmatic dependents of the grid before them on the stream, so their launch overlaps that
+  // grid's last CTAs instead of following their exit (each waits for that grid's writes before
+  // it reads memory).
   bool pdl;
 
   DType dtype;

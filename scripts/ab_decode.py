@@ -15,9 +15,7 @@ before it (the launch and dependency latency a call pays besides its bytes).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 import bench_decode as bd
+from ab_prefill import best_of_rounds, print_geomeans, record
 from bench_table import versions_line
 
 
@@ -33,35 +32,25 @@ def points(args: argparse.Namespace) -> list[bd.Point]:
             for b in bd.parse_ints(args.batches) for sk in bd.parse_ints(args.seqlens)]
 
 
+def compare_point(builds: list, p: bd.Point, page_sizes: list[int], ratios: list[list[float]]) -> None:
+    bufs = bd.make_buffers(p)
+    cudnn = bd.measure_cudnn(p, bufs) or float("nan")
+    for page_size in page_sizes:
+        best = best_of_rounds(builds, lambda fa3: bd.measure_ours(fa3, p, bufs, page_size))
+        record(ratios, best, f"{p.label()} page {page_size} cudnn {cudnn:.0f}")
+
+
 def compare(builds: list, args: argparse.Namespace) -> None:
     ratios: list[list[float]] = [[] for _ in builds]
     for p in points(args):
-        bufs = bd.make_buffers(p)
-        cudnn = bd.measure_cudnn(p, bufs) or float("nan")
-        for page_size in bd.parse_ints(args.page_sizes):
-            best = [0.0] * len(builds)
-            for _ in range(2):
-                for i, fa3 in enumerate(builds):
-                    best[i] = max(best[i], bd.measure_ours(fa3, p, bufs, page_size))
-            for i, x in enumerate(best):
-                ratios[i].append(x / best[0])
-            cells = " ".join(f"{x:.0f} ({x / best[0]:.3f})" for x in best)
-            print(f"{p.label()} page {page_size} cudnn {cudnn:.0f} | {cells}", flush=True)
-        del bufs
-        torch.cuda.empty_cache()
-    means = " ".join(f"{math.exp(sum(map(math.log, r)) / len(r)):.4f}" for r in ratios)
-    print(f"# geomean vs the first build: {means}")
+        compare_point(builds, p, bd.parse_ints(args.page_sizes), ratios)
+        torch.cuda.empty_cache()  # the point's buffers are gone
+    print_geomeans(ratios)
 
 
 def kernel_timeline(calls: list) -> list[tuple[str, float, float]]:
     """(kernel name, duration us, gap us since the previous kernel ended) over one graph replay."""
-    graph = torch.cuda.CUDAGraph()
-    for call in calls:
-        call()
-    torch.cuda.synchronize()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
+    graph = bd.capture(calls)
     for _ in range(3):
         graph.replay()
     torch.cuda.synchronize()
@@ -78,31 +67,21 @@ def kernel_timeline(calls: list) -> list[tuple[str, float, float]]:
     return rows
 
 
+def print_timeline(title: str, calls: list) -> None:
+    rows = kernel_timeline(calls)
+    print(f"# {title}: {len(calls)} calls, {sum(d + g for _, d, g in rows) / len(calls):.1f} us per call")
+    for name, dur, gap in rows:
+        print(f"  {dur:7.2f} us  (gap {gap:5.2f})  {name}")
+
+
 def timeline(fa3, args: argparse.Namespace) -> None:
+    """Four back-to-back calls over two copies of the inputs, ours per page size, then cuDNN's."""
     for p in points(args):
         bufs = bd.make_buffers(p)[:2]
         for page_size in bd.parse_ints(args.page_sizes):
-            cache_seqlens = torch.full((p.batch,), p.seqlen_k, device="cuda", dtype=torch.int32)
-            page_table = bd.random_page_table(p, page_size) if page_size else None
-            calls = [partial(fa3.flash_attn_with_kvcache, buf.q, *(bd.paged(x, page_size) if page_size else x
-                                                                  for x in (buf.k, buf.v)),
-                             cache_seqlens=cache_seqlens, page_table=page_table, causal=True, out=buf.out)
-                     for buf in bufs] * 2
-            rows = kernel_timeline(calls)
-            print(f"# {p.label()} page {page_size}: {len(calls)} calls, "
-                  f"{sum(d + g for _, d, g in rows) / len(calls):.1f} us per call")
-            for name, dur, gap in rows:
-                print(f"  {dur:7.2f} us  (gap {gap:5.2f})  {name}")
-        gqa = p.nheads_q != p.nheads_kv
-        sdpa = [partial(torch.nn.functional.scaled_dot_product_attention,
-                        *(x.transpose(1, 2) for x in (buf.q, buf.k, buf.v)), enable_gqa=gqa) for buf in bufs] * 2
+            print_timeline(f"{p.label()} page {page_size}", bd.decode_calls(fa3, p, bufs, page_size) * 2)
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            rows = kernel_timeline(sdpa)
-        print(f"# cuDNN {p.label()}")
-        for name, dur, gap in rows:
-            print(f"  {dur:7.2f} us  (gap {gap:5.2f})  {name}")
-        del bufs
-        torch.cuda.empty_cache()
+            print_timeline(f"cuDNN {p.label()}", bd.cudnn_calls(p, bufs) * 2)
 
 
 def main() -> int:

@@ -46,6 +46,11 @@ def record(ratios: list[list[float]], best: list[float], label: str) -> None:
     print(f"{label} | {cells}", flush=True)
 
 
+def print_geomeans(ratios: list[list[float]]) -> None:
+    means = " ".join(f"{math.exp(sum(map(math.log, r)) / len(r)):.4f}" for r in ratios)
+    print(f"# geomean vs the first build: {means}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("builds", nargs="+", type=Path, help="build folders; the first is the baseline")
@@ -81,8 +86,7 @@ def main() -> int:
 
                 best = best_of_rounds(builds, measure)
                 record(ratios, best, f"d{d} causal={int(causal)} seqlen={seqlen} {args.peer} {peer:.0f}")
-    means = " ".join(f"{math.exp(sum(map(math.log, r)) / len(r)):.4f}" for r in ratios)
-    print(f"# geomean vs the first build: {means}")
+    print_geomeans(ratios)
     return 0
 
 

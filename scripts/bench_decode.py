@@ -100,14 +100,20 @@ def graph_ms(calls: list[Callable[[], object]]) -> float:
     Decode steps are served from CUDA graphs; timing graph replays measures the kernels without
     the host-side gaps that eager launches of microsecond kernels would leave between them."""
     sequence = [calls[i % len(calls)] for i in range(max(GRAPH_CALLS, len(calls)))]
-    for call in sequence:  # warm up outside the capture (plans, workspaces, cuDNN graphs)
+    return median_ms(capture(sequence).replay) / len(sequence)
+
+
+def capture(calls: list[Callable[[], object]]) -> torch.cuda.CUDAGraph:
+    """One CUDA graph running the calls back to back, warmed up outside the capture (plans,
+    workspaces, cuDNN graphs)."""
+    for call in calls:
         call()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for call in sequence:
+        for call in calls:
             call()
-    return median_ms(graph.replay) / len(sequence)
+    return graph
 
 
 def gbps(nbytes: int, ms: float) -> float:
@@ -157,8 +163,9 @@ def random_page_table(p: Point, page_size: int) -> torch.Tensor:
     return perm.to(torch.int32).view(p.batch, pages_per_seq)
 
 
-def measure_ours(fa3, p: Point, bufs: list[Buffers], page_size: int, pack_gqa: bool | None = None) -> float:
-    """GB/s of flash_attn_with_kvcache; raises NotImplementedError where the build lacks the feature."""
+def decode_calls(fa3, p: Point, bufs: list[Buffers], page_size: int,
+                 pack_gqa: bool | None = None) -> list[Callable[[], object]]:
+    """One flash_attn_with_kvcache call per copy of the inputs (paged when page_size > 0)."""
     cache_seqlens = torch.full((p.batch,), p.seqlen_k, device="cuda", dtype=torch.int32)
     page_table = random_page_table(p, page_size) if page_size else None
     calls = []
@@ -166,7 +173,19 @@ def measure_ours(fa3, p: Point, bufs: list[Buffers], page_size: int, pack_gqa: b
         k_cache, v_cache = (paged(x, page_size) if page_size else x for x in (buf.k, buf.v))
         calls.append(partial(fa3.flash_attn_with_kvcache, buf.q, k_cache, v_cache, cache_seqlens=cache_seqlens,
                              page_table=page_table, causal=True, out=buf.out, pack_gqa=pack_gqa))
-    return gbps(p.bytes_moved(), graph_ms(calls))
+    return calls
+
+
+def cudnn_calls(p: Point, bufs: list[Buffers]) -> list[Callable[[], object]]:
+    """SDPA on (b, h, s, d) views of each unpaged copy; run them under sdpa_kernel(CUDNN_ATTENTION)."""
+    gqa = p.nheads_q != p.nheads_kv
+    return [partial(F.scaled_dot_product_attention, *(x.transpose(1, 2) for x in (buf.q, buf.k, buf.v)),
+                    is_causal=False, enable_gqa=gqa) for buf in bufs]
+
+
+def measure_ours(fa3, p: Point, bufs: list[Buffers], page_size: int, pack_gqa: bool | None = None) -> float:
+    """GB/s of flash_attn_with_kvcache; raises NotImplementedError where the build lacks the feature."""
+    return gbps(p.bytes_moved(), graph_ms(decode_calls(fa3, p, bufs, page_size, pack_gqa)))
 
 
 def measure_cudnn(p: Point, bufs: list[Buffers]) -> float | None:
@@ -178,13 +197,10 @@ def measure_cudnn(p: Point, bufs: list[Buffers]) -> float | None:
     would see only key 0), while a bottom-right causal mask with q_len 1 masks nothing (with
     q_len n it masks n - 1 of sk keys for some rows: the same bytes, a negligible share of FLOPs).
     """
-    gqa = p.nheads_q != p.nheads_kv
-    calls = [partial(F.scaled_dot_product_attention, *(x.transpose(1, 2) for x in (buf.q, buf.k, buf.v)),
-                     is_causal=False, enable_gqa=gqa) for buf in bufs]
     with warnings.catch_warnings(record=True) as caught, sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         warnings.simplefilter("always")
         try:
-            ms = graph_ms(calls)
+            ms = graph_ms(cudnn_calls(p, bufs))
         except RuntimeError as e:
             reasons = "; ".join(str(w.message) for w in caught) or str(e).splitlines()[0]
             print(f"# cudnn refused {p.label()}: {reasons}", file=sys.stderr, flush=True)

@@ -43,16 +43,16 @@ using TraitsFor = Traits<CudaElement, kD, kDV, Tile<kD, kDV>::kM, Tile<kD, kDV>:
 inline int64_t tma_stride(int extent, int64_t stride, int64_t fallback) { return extent == 1 ? fallback : stride; }
 
 // Tile order (scheduler.cuh): how many (head, batch row) pairs are drawn together, the key split
-// and then the m_block outermost. Where tiles of one pair differ in length (a key range that ends at the row: causal,
-// or a right window with no left bound), drawing the longest tile of every pair of a section
-// first keeps the longest ones out of the last wave, and a section whose K/V fit in kSectionL2Bytes
-// still shares them in L2. Budget sweep (H200, bf16 causal, against one pair per section):
-// 12 MB d64 +1-7%, d128 +0.5-2%, d256 +0-1.5% over seqlen 512-16k; 24 MB loses 2-3% at d256 and
-// d128 16k (the longer working set), 2-6 MB gain less; H100 at 12 MB: causal geomean +1.0%
-// (d64 512 +6%, d256 16k +3%, d256 1k -2.5%). Equal tiles, and key splits (whose row
-// tiles must run side by side: absorbed-MLA decode halved when they did not), keep one pair, as
-// do calls whose rows differ in length (varlen, seqused, paged or appended keys: measured only on
-// dense batches, where every pair has the same tiles and seqlen_k sizes a section exactly).
+// and then the m_block outermost. Where tiles of one pair differ in length (a key range that ends
+// at the row: causal, or a right window with no left bound), drawing the longest tile of every
+// pair of a section first keeps the longest ones out of the last wave, and a section whose K/V
+// fit in kSectionL2Bytes still shares them in L2. Budget sweep (H200, bf16 causal, against one
+// pair per section): 12 MB d64 +1-7%, d128 +0.5-2%, d256 +0-1.5% over seqlen 512-16k; 24 MB loses
+// 2-3% at d256 and d128 16k (the longer working set), 2-6 MB gain less; H100 at 12 MB: causal
+// geomean +1.0% (d64 512 +6%, d256 16k +3%, d256 1k -2.5%). Equal tiles, and key splits (whose
+// row tiles must run side by side: absorbed-MLA decode halved when they did not), keep one pair,
+// as do calls whose rows differ in length (varlen, seqused, paged or appended keys: measured only
+// on dense batches, where every pair has the same tiles and seqlen_k sizes a section exactly).
 inline constexpr int64_t kSectionL2Bytes = int64_t(12) << 20;
 
 template <class Traits>
