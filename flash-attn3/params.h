@@ -81,6 +81,12 @@ struct FwdParams {
   int n_blocks_per_split;
   float* o_partial;    // (num_splits, lse_rows, dv) fp32
   float* lse_partial;  // (num_splits, lse_rows) fp32
+  // Portable family with splits: one counter per (m block, head, batch) tile of the grid, zero
+  // when the call starts and zero again when it ends. The last split CTA of a tile to arrive
+  // merges the tile's partials into o and lse, and no combine kernel runs. nullptr: the combine
+  // kernel merges.
+  unsigned* split_counters;
+  int64_t split_counter_slots;
 
   // A zeroed int32 the Hopper family's persistent grid hands out tiles with (nullptr elsewhere),
   // the device's SM count that grid is sized by, and the SMs it leaves free for other work

@@ -32,6 +32,7 @@ struct FwdKernel {
   FwdLauncher launch;
   int block_m, block_n;
   int smem_bytes;  // dynamic shared memory per CTA
+  bool merges_splits;  // takes split counters (FwdParams::split_counters) and merges its own splits
 };
 
 // The kernels of one key, one per planner TileKind: the prefill tile, a tile of a few dozen

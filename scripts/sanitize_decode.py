@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Representative KV-cache calls of the portable family (decode and short-query tiles with
-swizzled and padded shared-memory rows, split-KV with the combine kernel, paged caches of 1 and 16 keys, in-place
+swizzled and padded shared-memory rows, split-KV merged by the last split CTA of each tile or,
+past 8 splits and after prefill tiles, by the combine kernel, paged caches of 1 and 16 keys, in-place
 append with rotary, absorbed-MLA qv, deterministic splits), and its d64 / d128 prefill tiles on
 ragged, causal and windowed problems, for running under compute-sanitizer, without the reference
 (whose host code the tools slow down):
@@ -31,11 +32,14 @@ def main() -> None:
     fa3 = get_local_kernel(ROOT / "build")
     torch.manual_seed(0)
     seqlens = lengths(700, 1, 129)
-    for d, num_splits in ((128, 0), (128, 5), (96, 0), (64, 1)):  # d96 keeps padded rows
+    # d96 keeps padded rows; 13 splits of the 13 key blocks go to the combine kernel
+    for d, num_splits in ((128, 0), (128, 5), (128, 13), (96, 0), (64, 1)):
         q, k, v = randn(3, 1, 8, d), randn(3, 800, 2, d), randn(3, 800, 2, d)
         fa3.flash_attn_with_kvcache(q, k, v, cache_seqlens=seqlens, causal=True, num_splits=num_splits)
     q = randn(3, 8, 8, 128)  # 8 queries x 4 heads per kv head: the short-query tile
-    fa3.flash_attn_with_kvcache(q, randn(3, 800, 2, 128), randn(3, 800, 2, 128), cache_seqlens=seqlens, causal=True)
+    for num_splits in (0, 4):
+        fa3.flash_attn_with_kvcache(q, randn(3, 800, 2, 128), randn(3, 800, 2, 128), cache_seqlens=seqlens,
+                                    causal=True, num_splits=num_splits)
     for page_size in (1, 16):
         pages = 3 * 800 // page_size
         k, v = randn(pages, page_size, 2, 128), randn(pages, page_size, 2, 128)
@@ -56,6 +60,7 @@ def main() -> None:
         fa3.flash_attn_func(q, k, v)
         fa3.flash_attn_func(q, k, v, causal=True)
         fa3.flash_attn_func(q, k, v, window_size=(100, 20))
+        fa3.flash_attn_func(q, k, v, causal=True, num_splits=3)  # a split prefill tile
     torch.cuda.synchronize()
     print("sanitizer calls done")
 

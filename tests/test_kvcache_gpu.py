@@ -245,12 +245,13 @@ def test_splits_and_gqa_packing(fa3, num_splits, pack_gqa, features):
 
 
 def test_deterministic_is_batch_invariant(fa3):
-    """deterministic=True: bitwise repeatable, and a row's result does not depend on its neighbours."""
+    """deterministic=True: bitwise repeatable, and a row's result does not depend on its neighbours
+    (the batch's longest row sets the split count: 9 splits together, 4, 1, 9 and 2 alone)."""
     torch.manual_seed(23)
     h, h_k, d = 16, 4, 128
-    k_cache, v_cache = randn(4, 9000, h_k, d), randn(4, 9000, h_k, d)
+    k_cache, v_cache = randn(4, 17000, h_k, d), randn(4, 17000, h_k, d)
     q = randn(4, 1, h, d)
-    lengths = ints([8191, 12, 9000, 4000])
+    lengths = ints([8191, 12, 17000, 4000])
     full = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lengths, causal=True, deterministic=True)
     again = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lengths, causal=True, deterministic=True)
     assert torch.equal(full, again)
@@ -310,8 +311,8 @@ def test_decode_step_in_cuda_graph(fa3):
 
 def test_chained_split_decode_in_cuda_graph(fa3):
     """Split decode calls captured back to back, each call's q the previous call's output. On Hopper
-    a call's forward starts while the previous call's combine drains (programmatic dependent
-    launch) and must still read the q that combine writes: every output is poisoned before the
+    a call's forward starts while the previous call's split merge drains (programmatic dependent
+    launch) and must still read the q that merge writes: every output is poisoned before the
     replay and checked against the reference on the q it was given."""
     torch.manual_seed(37)
     b, h, h_k, d, sk, calls = 2, 8, 2, 128, 3000, 4
@@ -338,6 +339,65 @@ def test_chained_split_decode_in_cuda_graph(fa3):
     torch.cuda.synchronize()
     for i in range(calls):
         check(fa3, f"chained call {i}", qs[i + 1], lses[i], qs[i], k_cache, v_cache, seqused_k=seqlens, causal=True)
+
+
+# (queries per sequence, query heads): 4 or 16 rows per KV head fill the 16-row decode tile,
+# 48 rows the short-query tile.
+SPLIT_TILES = [(1, 16), (4, 16), (12, 16)]
+
+
+@pytest.mark.parametrize("sq,h", SPLIT_TILES, ids=[f"sq{sq}-h{h}" for sq, h in SPLIT_TILES])
+def test_split_merge_counters_are_left_at_zero(fa3, sq, h):
+    """The last split CTA of each tile merges the tile's splits (up to 8; more go to the combine
+    kernel), counting arrivals on a counter that every call must leave at zero. Calls on the same
+    shapes with a changing split count (so the counters see a new limit each time), concurrent calls
+    on two streams, and replays of a captured graph between eager calls all match the reference,
+    with every output poisoned first."""
+    torch.manual_seed(41 + sq)
+    b, h_k, d = 3, 4, 128
+    k_cache, v_cache = randn(b, 4096, h_k, d), randn(b, 4096, h_k, d)
+    seqlens = ints([4096, 1500, 77])
+
+    def call(q, num_splits, out):
+        _, lse = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, causal=True,
+                                             num_splits=num_splits, return_softmax_lse=True, out=out)
+        return lse
+
+    def verify(name, q, out, lse):
+        check(fa3, name, out, lse, q, k_cache, v_cache, seqused_k=seqlens, causal=True)
+
+    q = randn(b, sq, h, d)
+    for num_splits in [3, 8, 2, 64, 5, 1, 0]:
+        out = poisoned_like((b, sq, h, d), torch.bfloat16, "cuda")
+        verify(f"eager, {num_splits} splits", q, out, call(q, num_splits, out))
+
+    side = torch.cuda.Stream()
+    qa, qb = randn(b, sq, h, d), randn(b, sq, h, d)
+    outs = {}
+    torch.cuda.synchronize()
+    for i in range(6):  # launched back to back: the two streams' calls overlap
+        for stream, qx in [(torch.cuda.current_stream(), qa), (side, qb)]:
+            with torch.cuda.stream(stream):
+                out = poisoned_like((b, sq, h, d), torch.bfloat16, "cuda")
+                outs[(i, stream.stream_id)] = (qx, out, call(qx, 4 + i % 3, out))
+    torch.cuda.synchronize()
+    for (i, _), (qx, out, lse) in outs.items():
+        verify(f"two streams, call {i}", qx, out, lse)
+
+    q_graph = randn(b, sq, h, d)
+    out_graph = torch.empty(b, sq, h, d, dtype=torch.bfloat16, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        lse_graph = call(q_graph, 6, out_graph)
+    for i in range(3):
+        q_graph.copy_(torch.randn_like(q_graph))
+        out_graph.fill_(float("nan"))
+        graph.replay()
+        out = poisoned_like((b, sq, h, d), torch.bfloat16, "cuda")
+        lse = call(q, 7, out)
+        torch.cuda.synchronize()
+        verify(f"graph replay {i}", q_graph, out_graph, lse_graph)
+        verify(f"eager after replay {i}", q, out, lse)
 
 
 ALL_PAIRS = [(64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128), (64, 256), (64, 512)]

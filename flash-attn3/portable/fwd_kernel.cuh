@@ -12,7 +12,7 @@
 //     O += P V_n                              P re-packed from the S registers
 //   epilogue: each warp's (m, l, O) -> smem, merged over key warps, normalised, then
 //   O / l and LSE = m + log(l) -> global with 16-byte stores (sinks folded in), or per-split
-//   fp32 partials.
+//   fp32 partials; with split counters, the last split CTA of the tile merges them into O / LSE.
 // K/V blocks stream through a ring of kStages shared-memory stages (cp.async groups): while
 // block n is computed, blocks n + 1 .. n + kStages - 1 are in flight.
 #pragma once
@@ -54,7 +54,7 @@ struct RowTile {
 };
 
 template <typename Element_, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kRowWarps_,
-          int kColWarps_, int kKeyWarps_, bool kQInRegs_, int kStages_, bool kSwizzle_>
+          int kColWarps_, int kKeyWarps_, bool kQInRegs_, int kStages_, bool kSwizzle_, bool kMergeSplits_>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kD = kD_, kDV = kDV_;
@@ -62,6 +62,8 @@ struct FwdTraits {
   static constexpr int kRowWarps = kRowWarps_, kColWarps = kColWarps_, kKeyWarps = kKeyWarps_;
   static constexpr bool kQInRegs = kQInRegs_;
   static constexpr int kStages = kStages_;
+  // With split counters, the last split CTA of a tile merges the tile's partials (no combine grid).
+  static constexpr bool kMergeSplits = kMergeSplits_;
   static constexpr int kNWarps = kRowWarps * kColWarps * kKeyWarps;
   static constexpr int kNThreads = kNWarps * 32;
   static constexpr int kMSlabs = kBlockM / (16 * kRowWarps);  // 16-row slabs per warp
@@ -220,6 +222,89 @@ __device__ __forceinline__ void gemm_scores(float (&acc)[Traits::kMSlabs][Traits
         mma_16816<Element>(acc[s][nt + 1], a[s], b[2], b[3]);
       }
     }
+  }
+}
+
+// Split merge in the grid, for tiles with Traits::kMergeSplits: after a split CTA wrote its partials
+// for tile rows [row0, row0 + rows_here), it arrives on the tile's counter; the last split to
+// arrive merges the tile's splits while they are still in L2, where a combine grid would first
+// wait for the whole forward to drain. The counter wraps to zero on that last arrival, ready for
+// the next call. Returns whether this CTA was the last.
+__device__ __forceinline__ bool last_split_to_arrive(unsigned* counter, int num_splits) {
+  // One thread arrives for the CTA: the barrier orders every thread's partial stores before the
+  // arrival, an acquire-release increment at GPU scope (a cumulative release of what the barrier
+  // ordered; for the last arrival, an acquire of the other splits' partials).
+  __syncthreads();
+  bool last = false;
+  if (threadIdx.x == 0) {
+    unsigned arrived;
+    asm volatile("atom.acq_rel.gpu.global.inc.u32 %0, [%1], %2;"
+                 : "=r"(arrived)
+                 : "l"(counter), "r"(unsigned(num_splits - 1))
+                 : "memory");
+    last = arrived == unsigned(num_splits - 1);
+  }
+  return __syncthreads_or(last);
+}
+
+// The merge: each thread takes 8 output columns of a row and folds the splits in index order into
+// a running (max, sum, output) in registers, kMergeUnroll splits' loads in flight at a time; the
+// sink enters as one more logit. The order depends only on num_splits, so results are bitwise
+// repeatable and independent of the other rows. Partials come from L2 (other SMs wrote them).
+template <typename Traits>
+__device__ __forceinline__ void merge_tile_splits(const FwdParams& params, int64_t lse_offset, int64_t o_offset,
+                                                  const RowMap& rows, int row0, int rows_here) {
+  using Element = typename Traits::Element;
+  constexpr int kDV = Traits::kDV, kCols = 8, kChunks = kDV / kCols;
+  constexpr int kMergeUnroll = 8;
+  const int splits = params.num_splits;
+  const int64_t lse_split_stride = params.lse_rows, o_split_stride = params.lse_rows * kDV;
+  for (int idx = threadIdx.x; idx < rows_here * kChunks; idx += Traits::kNThreads) {
+    const int row = idx / kChunks, col = idx % kChunks * kCols;
+    const int query = rows.query(row0 + row), head = rows.head(row0 + row);
+    const int64_t lse_index = lse_offset + int64_t(head) * params.lse_head_stride + query;
+    const float* lse_s = params.lse_partial + lse_index;
+    const float* o_s = params.o_partial + lse_index * kDV + col;
+    float m = params.sinks ? params.sinks[head] : -INFINITY;  // running max, natural-log units
+    float sum = m == -INFINITY ? 0.f : 1.f;                   // the sink's exp(sink - m)
+    float acc[kCols] = {};
+    for (int s0 = 0; s0 < splits; s0 += kMergeUnroll) {
+      float lse[kMergeUnroll];
+      float4 lo[kMergeUnroll], hi[kMergeUnroll];
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) {
+        if (s0 + u < splits) {
+          lse[u] = __ldcg(lse_s + (s0 + u) * lse_split_stride);
+          lo[u] = __ldcg(reinterpret_cast<const float4*>(o_s + (s0 + u) * o_split_stride));
+          hi[u] = __ldcg(reinterpret_cast<const float4*>(o_s + (s0 + u) * o_split_stride + 4));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) {
+        if (s0 + u >= splits || lse[u] == -INFINITY) continue;  // a split that saw no key
+        if (lse[u] > m) {
+          const float rescale = expf(m - lse[u]);  // 0 while m is -inf
+          sum *= rescale;
+#pragma unroll
+          for (int c = 0; c < kCols; ++c) acc[c] *= rescale;
+          m = lse[u];
+        }
+        const float w = expf(lse[u] - m);
+        sum += w;
+        const float o[kCols] = {lo[u].x, lo[u].y, lo[u].z, lo[u].w, hi[u].x, hi[u].y, hi[u].z, hi[u].w};
+#pragma unroll
+        for (int c = 0; c < kCols; ++c) acc[c] += w * o[c];
+      }
+    }
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    Element* out = static_cast<Element*>(params.o) + o_offset + int64_t(query) * params.o_row_stride +
+                   int64_t(head) * params.o_head_stride + col;
+    *reinterpret_cast<uint4*>(out) =
+        make_uint4(ElementTraits<Element>::pack(acc[0] * inv, acc[1] * inv),
+                   ElementTraits<Element>::pack(acc[2] * inv, acc[3] * inv),
+                   ElementTraits<Element>::pack(acc[4] * inv, acc[5] * inv),
+                   ElementTraits<Element>::pack(acc[6] * inv, acc[7] * inv));
+    if (col == 0) params.lse[lse_index] = sum > 0.f ? m + logf(sum) : -INFINITY;
   }
 }
 
@@ -620,6 +705,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       *reinterpret_cast<uint4*>(out) =
           make_uint4(ElementTraits<Element>::pack(acc[0], acc[1]), ElementTraits<Element>::pack(acc[2], acc[3]),
                      ElementTraits<Element>::pack(acc[4], acc[5]), ElementTraits<Element>::pack(acc[6], acc[7]));
+    }
+  }
+  if constexpr (Traits::kMergeSplits) {
+    if (partial && params.split_counters != nullptr) {
+      const int64_t tile = (int64_t(batch) * gridDim.y + head_y) * num_m_blocks + m_block;
+      if (last_split_to_arrive(params.split_counters + tile, params.num_splits))
+        merge_tile_splits<Traits>(params, seq.lse_offset, seq.o_offset, rows, row0, rows_here);
     }
   }
 }

@@ -32,14 +32,17 @@ namespace sgl_fa3::portable {
 template <int kD, int kDV>
 struct PrefillTile;
 // clang-format off
-template <> struct PrefillTile<64, 64>   { static constexpr int kM = 128, kN = 128, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = true; };
-template <> struct PrefillTile<96, 96>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
-template <> struct PrefillTile<128, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = true; };
-template <> struct PrefillTile<192, 192> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
-template <> struct PrefillTile<192, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
-template <> struct PrefillTile<256, 256> { static constexpr int kM = 128, kN = 32, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
-template <> struct PrefillTile<64, 256>  { static constexpr int kM = 64,  kN = 64, kRowWarps = 4, kColWarps = 2, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
-template <> struct PrefillTile<64, 512>  { static constexpr int kM = 64,  kN = 32, kRowWarps = 4, kColWarps = 2, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false; };
+// Prefill tiles leave split merging to the combine kernel: a split prefill call is compute-bound,
+// its combine a small part of it, and merge code would add to the register pressure of tiles that
+// spill already (d128).
+template <> struct PrefillTile<64, 64>   { static constexpr int kM = 128, kN = 128, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = true, kMergeSplits = false; };
+template <> struct PrefillTile<96, 96>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false, kMergeSplits = false; };
+template <> struct PrefillTile<128, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = true, kMergeSplits = false; };
+template <> struct PrefillTile<192, 192> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false, kMergeSplits = false; };
+template <> struct PrefillTile<192, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false, kMergeSplits = false; };
+template <> struct PrefillTile<256, 256> { static constexpr int kM = 128, kN = 32, kRowWarps = 8, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false, kMergeSplits = false; };
+template <> struct PrefillTile<64, 256>  { static constexpr int kM = 64,  kN = 64, kRowWarps = 4, kColWarps = 2, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false, kMergeSplits = false; };
+template <> struct PrefillTile<64, 512>  { static constexpr int kM = 64,  kN = 32, kRowWarps = 4, kColWarps = 2, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false, kMergeSplits = false; };
 
 template <int kD, int kDV>
 struct DecodeTile {
@@ -52,6 +55,8 @@ struct DecodeTile {
   static constexpr int kStages = kD + kDV > 600 ? 2 : 3;
   static constexpr bool kQInRegs = kD <= 128;
   static constexpr bool kSwizzle = true;  // memory-bound: whole 128-byte segments per cp.async
+  // The last split CTA of a tile merges the splits: no combine grid after a latency-bound call.
+  static constexpr bool kMergeSplits = true;
 };
 
 // Short queries (17-64 rows after GQA packing: speculative decoding, large GQA groups, short
@@ -65,6 +70,7 @@ struct ShortQueryTileOwn {
   static constexpr int kStages = 2;
   static constexpr bool kQInRegs = kD <= 128;
   static constexpr bool kSwizzle = true;
+  static constexpr bool kMergeSplits = true;
 };
 // clang-format on
 template <int kD, int kDV>
@@ -73,7 +79,7 @@ using ShortQueryTile =
 
 template <typename Element, int kD, int kDV, typename Tile>
 using TraitsFor = FwdTraits<Element, kD, kDV, Tile::kM, Tile::kN, Tile::kRowWarps, Tile::kColWarps, Tile::kKeyWarps,
-                            Tile::kQInRegs, Tile::kStages, Tile::kSwizzle>;
+                            Tile::kQInRegs, Tile::kStages, Tile::kSwizzle, Tile::kMergeSplits>;
 
 template <typename Traits>
 cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
@@ -87,6 +93,10 @@ cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
   const dim3 grid(unsigned(m_blocks * params.num_splits), params.pack_gqa ? params.num_heads_k : params.num_heads,
                   params.batch);
   if (grid.x == 0 || grid.z == 0) return cudaSuccess;
+  // Split counters: only for a tile that merges its splits, one per (m block, head, batch) tile.
+  if (params.split_counters != nullptr &&
+      (!Traits::kMergeSplits || m_blocks * grid.y * grid.z > params.split_counter_slots))
+    return cudaErrorInvalidValue;
   const OverlappedLaunch launch(grid, dim3(Traits::kNThreads), kSmem, stream, params.pdl);
   return cudaLaunchKernelEx(&launch.config, fwd_kernel<Traits>, params);
 }
@@ -94,7 +104,7 @@ cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
 template <typename Element, int kD, int kDV, typename Tile>
 constexpr FwdKernel kernel_entry() {
   return FwdKernel{&run_fwd<TraitsFor<Element, kD, kDV, Tile>>, Tile::kM, Tile::kN,
-                   TraitsFor<Element, kD, kDV, Tile>::kSmemBytes};
+                   TraitsFor<Element, kD, kDV, Tile>::kSmemBytes, Tile::kMergeSplits};
 }
 
 template <typename Element>

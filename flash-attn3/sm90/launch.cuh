@@ -136,7 +136,7 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
 template <typename CudaElement, int kD, int kDV>
 constexpr FwdKernel kernel_entry() {
   using T = TraitsFor<CudaElement, kD, kDV>;
-  return FwdKernel{&run_fwd<T>, T::kBlockM, T::kBlockN, T::kSmemBytes};
+  return FwdKernel{&run_fwd<T>, T::kBlockM, T::kBlockN, T::kSmemBytes, false};
 }
 
 template <typename CudaElement>
