@@ -43,6 +43,7 @@ cudaError_t new_zeroed_buffer(int device, int64_t n, unsigned** buffer) {
   if (err == cudaSuccess) err = cudaMalloc(&ptr, size_t(n) * sizeof(unsigned));
   if (err == cudaSuccess) err = cudaMemsetAsync(ptr, 0, size_t(n) * sizeof(unsigned), zeroing);
   if (err == cudaSuccess) err = cudaStreamSynchronize(zeroing);
+  if (err != cudaSuccess && ptr != nullptr) cudaFree(ptr);
   const cudaError_t restored = cudaThreadExchangeStreamCaptureMode(&mode);
   if (err != cudaSuccess) return err;
   *buffer = static_cast<unsigned*>(ptr);

@@ -32,6 +32,15 @@ def check(fa3, name, out, lse, q, k, v, factor=2.0, **ref_kwargs):
     return check_against_ref(fa3, name, out, lse, ref_kwargs, q, k, v, factor)
 
 
+def kernel_launches(fn, name_part: str) -> int:
+    """How many GPU kernels whose name contains name_part one call of fn launches."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(event.count for event in prof.key_averages() if name_part in event.key)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("page_size", [1, 4, 16, 64, 128])
 @pytest.mark.parametrize("causal", [False, True])
@@ -245,20 +254,22 @@ def test_splits_and_gqa_packing(fa3, num_splits, pack_gqa, features):
 
 
 def test_deterministic_is_batch_invariant(fa3):
-    """deterministic=True: bitwise repeatable, and a row's result does not depend on its neighbours
-    (the batch's longest row sets the split count: 9 splits together, 4, 1, 9 and 2 alone)."""
+    """deterministic=True: bitwise repeatable, and a row's result does not depend on its neighbours.
+    Alone, each row runs on a cache as long as its keys, so the split count changes with the
+    company a row keeps (9 splits together; 4, 1, 9 and 2 alone)."""
     torch.manual_seed(23)
     h, h_k, d = 16, 4, 128
     k_cache, v_cache = randn(4, 17000, h_k, d), randn(4, 17000, h_k, d)
     q = randn(4, 1, h, d)
-    lengths = ints([8191, 12, 17000, 4000])
-    full = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lengths, causal=True, deterministic=True)
-    again = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lengths, causal=True, deterministic=True)
+    lengths = [8191, 12, 17000, 4000]
+    seqlens = ints(lengths)
+    full = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, causal=True, deterministic=True)
+    again = fa3.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, causal=True, deterministic=True)
     assert torch.equal(full, again)
-    for row in range(4):
+    for row, length in enumerate(lengths):
         alone = fa3.flash_attn_with_kvcache(
-            q[row : row + 1], k_cache[row : row + 1], v_cache[row : row + 1], cache_seqlens=lengths[row : row + 1],
-            causal=True, deterministic=True,
+            q[row : row + 1], k_cache[row : row + 1, :length], v_cache[row : row + 1, :length],
+            cache_seqlens=seqlens[row : row + 1], causal=True, deterministic=True,
         )
         assert torch.equal(alone, full[row : row + 1]), f"row {row} depends on the batch"
 
@@ -370,6 +381,9 @@ def test_split_merge_counters_are_left_at_zero(fa3, sq, h):
     for num_splits in [3, 8, 2, 64, 5, 1, 0]:
         out = poisoned_like((b, sq, h, d), torch.bfloat16, "cuda")
         verify(f"eager, {num_splits} splits", q, out, call(q, num_splits, out))
+    for num_splits, combine_grids in [(8, 0), (64, 1)]:  # the combine kernel only past 8 splits
+        out = poisoned_like((b, sq, h, d), torch.bfloat16, "cuda")
+        assert kernel_launches(lambda: call(q, num_splits, out), "split_combine") == combine_grids
 
     side = torch.cuda.Stream()
     qa, qb = randn(b, sq, h, d), randn(b, sq, h, d)

@@ -392,8 +392,9 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   p.num_splits = plan.num_splits;
   p.n_blocks_per_split = plan.n_blocks_per_split;
 
-  // Deterministic calls always merge in the grid: the split count follows the longest row of the
-  // batch, and a row's result must not change with it (the in-grid fold skips empty splits exactly).
+  // Deterministic calls on a merging tile always merge in the grid: their split count follows the
+  // longest row of the batch, and a row's result must not change with it (the in-grid fold skips
+  // empty splits exactly; the combine kernel's lanes regroup the splits as their count changes).
   const bool in_grid =
       kernel.merges_splits && (deterministic || plan.num_splits <= sgl_fa3::PlanTuning::kMaxSplitsMergedInGrid);
   // The grid's (m block, head, batch) tiles, one split counter each.
