@@ -63,7 +63,7 @@ struct PlanTuning {
   // Decode and short-query tiles merge their own splits (the last split CTA of a tile folds the
   // splits in order, kMergeUnroll loads in flight per thread): up to 8 splits that is one L2
   // round trip after the forward, where the combine kernel costs 3.1-3.5 us (H100, GQA 32/8 d128:
-  // batch 1 x 1k +14%, batch 8 x 1k +5-8%). Past 8 splits the folds chain round trips (batch 1 x
+  // batch 1 x 1k +14%, batch 8 x 1k +4-7%). Past 8 splits the folds chain round trips (batch 1 x
   // 8k over pages of 16, 33 splits: -8%) and the combine kernel, which spreads splits over
   // threads, merges instead (deterministic calls excepted: they always merge in the grid).
   static constexpr int kMaxSplitsMergedInGrid = 8;

@@ -225,11 +225,11 @@ __device__ __forceinline__ void gemm_scores(float (&acc)[Traits::kMSlabs][Traits
   }
 }
 
-// Split merge in the grid, for tiles with Traits::kMergeSplits: after a split CTA wrote its partials
-// for tile rows [row0, row0 + rows_here), it arrives on the tile's counter; the last split to
-// arrive merges the tile's splits while they are still in L2, where a combine grid would first
-// wait for the whole forward to drain. The counter wraps to zero on that last arrival, ready for
-// the next call. Returns whether this CTA was the last.
+// Split merge in the grid, for tiles with Traits::kMergeSplits: after a split CTA wrote its
+// partials for tile rows [row0, row0 + rows_here), it arrives on the tile's counter; the last
+// split to arrive merges the tile's splits while they are still in L2, where a combine grid would
+// first wait for the whole forward to drain. The counter wraps to zero on that last arrival, ready
+// for the next call. Returns whether this CTA was the last.
 __device__ __forceinline__ bool last_split_to_arrive(unsigned* counter, int num_splits) {
   // One thread arrives for the CTA: the barrier orders every thread's partial stores before the
   // arrival, an acquire-release increment at GPU scope (a cumulative release of what the barrier
