@@ -31,8 +31,21 @@ using FwdLauncher = cudaError_t (*)(const FwdParams&, cudaStream_t);
 struct FwdKernel {
   FwdLauncher launch;
   int block_m, block_n;
-  int smem_bytes;  // dynamic shared memory per CTA
+  int smem_bytes;      // dynamic shared memory per CTA
   bool merges_splits;  // takes split counters (FwdParams::split_counters) and merges its own splits
+};
+
+// The (m block, head, batch) tiles of a portable forward grid, each run by num_splits CTAs: the
+// query rows (times the GQA group when packed) in tiles of block_m rows, for every head (every KV
+// head when packed). The launcher sizes its grid by it, the binding the split counters.
+struct PortableTiles {
+  int64_t m_blocks;
+  int heads, batch;
+  PortableTiles(const FwdParams& p, int block_m)
+      : m_blocks((int64_t(p.seqlen_q) * (p.pack_gqa ? p.num_heads / p.num_heads_k : 1) + block_m - 1) / block_m),
+        heads(p.pack_gqa ? p.num_heads_k : p.num_heads),
+        batch(p.batch) {}
+  int64_t count() const { return m_blocks * heads * batch; }
 };
 
 // The kernels of one key, one per planner TileKind: the prefill tile, a tile of a few dozen

@@ -170,20 +170,15 @@ void check_launch(cudaError_t err, const char* what) {
   STD_TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
 }
 
-// How a split forward's partials are merged: by the combine kernel after the forward, or by the
-// forward's own last split CTA of each tile (portable family), with `tiles` counters.
-struct SplitMerge {
-  bool in_grid;
-  int64_t tiles;
-};
-
 // out = attention(q, k, v); writes `out` and `softmax_lse` in place.
 // Launches the forward kernel; with use_combine each split writes fp32 partials into workspace from
-// torch's caching allocator (safe under CUDA-graph capture), merged as `merge` says.
+// torch's caching allocator (safe under CUDA-graph capture), merged by the forward's own last
+// split CTA of each tile (merge_in_grid: portable decode / short-query tiles, one counter per
+// tile) or by the combine kernel after the forward.
 // pdl: the forward (portable family) and the combine may launch as programmatic dependents of
 // the grid before each on the stream.
 void launch_forward(const sgl_fa3::FwdKernel& kernel, sgl_fa3::FwdParams& p, const Tensor& like, bool use_combine,
-                    SplitMerge merge, int64_t head_dim_v, bool pdl, int device, cudaStream_t stream) {
+                    bool merge_in_grid, int64_t head_dim_v, bool pdl, int device, cudaStream_t stream) {
   p.pdl = pdl;
   if (!use_combine) {
     check_launch(kernel.launch(p, stream), "attention kernel launch");
@@ -193,12 +188,12 @@ void launch_forward(const sgl_fa3::FwdKernel& kernel, sgl_fa3::FwdParams& p, con
   Tensor lse_partial = torch::stable::new_empty(like, {p.num_splits, p.lse_rows}, ScalarType::Float);
   p.o_partial = static_cast<float*>(o_partial.data_ptr());
   p.lse_partial = static_cast<float*>(lse_partial.data_ptr());
-  if (merge.in_grid) {
-    check_launch(sgl_fa3::split_counters(device, stream, merge.tiles, &p.split_counters), "split counters");
-    p.split_counter_slots = merge.tiles;
+  if (merge_in_grid) {
+    p.split_counter_slots = sgl_fa3::PortableTiles(p, kernel.block_m).count();
+    check_launch(sgl_fa3::split_counters(device, stream, p.split_counter_slots, &p.split_counters), "split counters");
   }
   check_launch(kernel.launch(p, stream), "attention kernel launch");
-  if (!merge.in_grid) check_launch(sgl_fa3::run_split_combine(p, stream), "split-KV combine launch");
+  if (!merge_in_grid) check_launch(sgl_fa3::run_split_combine(p, stream), "split-KV combine launch");
 }
 
 // q (b, sq, h, d) | packed (total_q, h, d) with cu_seqlens_q; out like q with dv.
@@ -378,7 +373,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     p.tile_counter = static_cast<int*>(counter.data_ptr());
     check_launch(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream), "tile counter reset");
     // The persistent grid does not trigger its dependents early: no programmatic launch.
-    launch_forward(sm90->prefill, p, q, split.use_combine, SplitMerge{false, 0}, head_dim_v, false, device, stream);
+    launch_forward(sm90->prefill, p, q, split.use_combine, false, head_dim_v, false, device, stream);
     return;
   }
   const sgl_fa3::FwdKernel& kernel = plan.tile == sgl_fa3::TileKind::kDecode       ? kernels.decode
@@ -395,16 +390,12 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   // Deterministic calls on a merging tile always merge in the grid: their split count follows the
   // longest row of the batch, and a row's result must not change with it (the in-grid fold skips
   // empty splits exactly; the combine kernel's lanes regroup the splits as their count changes).
-  const bool in_grid =
+  const bool merge_in_grid =
       kernel.merges_splits && (deterministic || plan.num_splits <= sgl_fa3::PlanTuning::kMaxSplitsMergedInGrid);
-  // The grid's (m block, head, batch) tiles, one split counter each.
-  const int64_t rows_per_query = p.pack_gqa ? num_heads / num_heads_k : 1;
-  const int64_t tiles = (seqlen_q * rows_per_query + kernel.block_m - 1) / kernel.block_m *
-                        (p.pack_gqa ? num_heads_k : num_heads) * batch;
 
   const torch::stable::accelerator::DeviceGuard guard(device);
   // Programmatic dependent launch where it was tested (Hopper); later GPUs launch plainly.
-  launch_forward(kernel, p, q, plan.use_combine, SplitMerge{in_grid, tiles}, head_dim_v,
+  launch_forward(kernel, p, q, plan.use_combine, merge_in_grid, head_dim_v,
                  device_limits(device).major == 9, device, current_stream(device));
 }
 

@@ -88,14 +88,11 @@ cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
     const cudaError_t err = opt_in_shared_memory<&fwd_kernel<Traits>, kSmem>();
     if (err != cudaSuccess) return err;
   }
-  const int rows_per_query = params.pack_gqa ? params.num_heads / params.num_heads_k : 1;
-  const int64_t m_blocks = (int64_t(params.seqlen_q) * rows_per_query + Traits::kBlockM - 1) / Traits::kBlockM;
-  const dim3 grid(unsigned(m_blocks * params.num_splits), params.pack_gqa ? params.num_heads_k : params.num_heads,
-                  params.batch);
+  const PortableTiles tiles(params, Traits::kBlockM);
+  const dim3 grid(unsigned(tiles.m_blocks * params.num_splits), tiles.heads, tiles.batch);
   if (grid.x == 0 || grid.z == 0) return cudaSuccess;
-  // Split counters: only for a tile that merges its splits, one per (m block, head, batch) tile.
-  if (params.split_counters != nullptr &&
-      (!Traits::kMergeSplits || m_blocks * grid.y * grid.z > params.split_counter_slots))
+  // Split counters: only for a tile that merges its splits, one per tile.
+  if (params.split_counters != nullptr && (!Traits::kMergeSplits || tiles.count() > params.split_counter_slots))
     return cudaErrorInvalidValue;
   const OverlappedLaunch launch(grid, dim3(Traits::kNThreads), kSmem, stream, params.pdl);
   return cudaLaunchKernelEx(&launch.config, fwd_kernel<Traits>, params);
