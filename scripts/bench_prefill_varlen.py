@@ -8,7 +8,10 @@ Workload: 64 sequences of seeded random length 1..8k (the same lengths for every
 4 * h * sq * sk_visible * d (causal counts the visible lower triangle, (sq^2 + sq) / 2 keys).
 dense4k_tflops is our flash_attn_func at batch 4 x seqlen 4k (same d, causal); torch_varlen_tflops
 is torch.nn.attention.varlen.varlen_attn on the same packed tensors. Medians of CUDA-event
-timings (triton.testing.do_bench).
+timings (triton.testing.do_bench), the best of ROUNDS rounds that alternate the three workloads:
+at its power cap an H100 ran these calls at 1485-1590 MHz within one run, and a workload timed
+alone in a slow stretch read 10-15% low (our dense 4k rate at d128 read 532 and 601 TFLOP/s in
+two runs of one build).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from bench_table import versions_line, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = "dtype,hdim,causal,nseqs,ours_tflops,dense4k_tflops,torch_varlen_tflops,device,date".split(",")
-HIDDEN, NSEQS, MAX_LEN, SEED = 2048, 64, 8192, 0
+HIDDEN, NSEQS, MAX_LEN, SEED, ROUNDS = 2048, 64, 8192, 0, 3
 
 
 def median_ms(fn) -> float:
@@ -58,20 +61,30 @@ def ours_tflops(fa3, d: int, causal: bool, lengths: list[int], inputs: tuple[tor
     return useful_flops(lengths, HIDDEN // d, d, causal) / ms / 1e9
 
 
-def measure_varlen(fa3, d: int, causal: bool, lengths: list[int]) -> tuple[float, float]:
-    inputs = packed_inputs(d, lengths)
+def torch_varlen_tflops(d: int, causal: bool, lengths: list[int], inputs: tuple[torch.Tensor, ...]) -> float:
     q, k, v, cu = inputs
     max_len = max(lengths)
     window = (-1, 0) if causal else (-1, -1)
-    theirs = median_ms(lambda: varlen_attn(q, k, v, cu, cu, max_len, max_len, window_size=window))
-    return ours_tflops(fa3, d, causal, lengths, inputs), useful_flops(lengths, HIDDEN // d, d, causal) / theirs / 1e9
+    ms = median_ms(lambda: varlen_attn(q, k, v, cu, cu, max_len, max_len, window_size=window))
+    return useful_flops(lengths, HIDDEN // d, d, causal) / ms / 1e9
 
 
-def measure_dense4k(fa3, d: int, causal: bool) -> float:
-    heads = HIDDEN // d
-    q, k, v = (torch.randn(4, 4096, heads, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+def dense4k_tflops(fa3, d: int, causal: bool, dense: tuple[torch.Tensor, ...]) -> float:
+    q, k, v = dense
     ms = median_ms(lambda: fa3.flash_attn_func(q, k, v, causal=causal))
-    return useful_flops([4096] * 4, heads, d, causal) / ms / 1e9
+    return useful_flops([4096] * 4, HIDDEN // d, d, causal) / ms / 1e9
+
+
+def measure_point(fa3, d: int, causal: bool, lengths: list[int]) -> tuple[float, float, float]:
+    """(ours, dense 4k, torch varlen) TFLOP/s, each the best of ROUNDS alternating rounds."""
+    inputs = packed_inputs(d, lengths)
+    dense = tuple(torch.randn(4, 4096, HIDDEN // d, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    best = [0.0, 0.0, 0.0]
+    for _ in range(ROUNDS):
+        rates = (ours_tflops(fa3, d, causal, lengths, inputs), dense4k_tflops(fa3, d, causal, dense),
+                 torch_varlen_tflops(d, causal, lengths, inputs))
+        best = [max(b, r) for b, r in zip(best, rates)]
+    return best[0], best[1], best[2]
 
 
 def main() -> int:
@@ -90,8 +103,7 @@ def main() -> int:
     print(",".join(COLUMNS))
     for d in (int(x) for x in args.hdims.split(",")):
         for causal in (False, True):
-            ours, theirs = measure_varlen(fa3, d, causal, lengths)
-            dense = measure_dense4k(fa3, d, causal)
+            ours, dense, theirs = measure_point(fa3, d, causal, lengths)
             rows.append(["bf16", d, int(causal), NSEQS, f"{ours:.1f}", f"{dense:.1f}", f"{theirs:.1f}", device, date])
             print(",".join(str(x) for x in rows[-1]), flush=True)
     if args.out:
