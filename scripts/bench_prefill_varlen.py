@@ -10,8 +10,8 @@ dense4k_tflops is our flash_attn_func at batch 4 x seqlen 4k (same d, causal); t
 is torch.nn.attention.varlen.varlen_attn on the same packed tensors. Medians of CUDA-event
 timings (triton.testing.do_bench), the best of ROUNDS rounds that alternate the three workloads:
 at its power cap an H100 ran these calls at 1485-1590 MHz within one run, and a workload timed
-alone in a slow stretch read 10-15% low (our dense 4k rate at d128 read 532 and 601 TFLOP/s in
-two runs of one build).
+alone in a slow stretch read 10-15% low (one build's dense 4k rate at d128 read 532 TFLOP/s in
+one run, 607-669 over four rounds of another).
 """
 
 from __future__ import annotations
