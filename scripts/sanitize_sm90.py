@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Representative calls of the Hopper family (every tile shape class: ping-pong groups, three
-groups, O staged in Q's bytes, window, causal, varlen with empty sequences, sinks, paged k/v
+groups, three K/V stages, O staged in Q's bytes, window, causal, varlen with empty sequences, sinks, paged k/v
 gathered with cp.async, GQA heads packed into the tile rows with Q gathered by cp.async, the
 absorbed-MLA tile with qv, its groups handing P over through shared memory, and its key splits;
 and grids of more tiles than SMs)
@@ -33,7 +33,7 @@ def main() -> None:
     os.environ["SGL_FLASH_ATTN3_BACKEND"] = "sm90"  # an error, not a fallback, if a call cannot run there
     fa3 = get_local_kernel(ROOT / "build")
     torch.manual_seed(0)
-    for d, causal in ((128, False), (128, True), (64, True), (256, True), (192, False)):
+    for d, causal in ((128, False), (128, True), (64, True), (96, True), (256, True), (192, False)):
         q, k, v = randn(2, 300, 4, d), randn(2, 517, 2, d), randn(2, 517, 2, d)
         fa3.flash_attn_func(q, k, v, causal=causal, window_size=(100, -1) if d == 64 else (-1, -1))
     # More tiles than SMs (several per CTA: on two-group tiles each tile's epilogue runs under the

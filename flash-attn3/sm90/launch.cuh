@@ -17,6 +17,11 @@ namespace sgl_fa3::sm90 {
 // 227 KB; the consumers' registers hold S (kN / 2 per thread), P and O (dv / 2 per thread).
 //   d64:   three consumer groups (192 rows): with small head dims the softmax, not the MMA, is
 //          the limit, and more rows per K/V block amortise the loads.
+//          Two stages: a third or fourth (room for both) read +1-2.5% at 1k-4k and -1..-3% at
+//          16k and causal 512 (H100, bf16, scripts/ab_prefill.py): not worth an instantiation.
+//   d96:   three stages (216 KB with both Q buffers and O): the next tile's first blocks load
+//          under the current tile's last ones; H100, bf16: +1-4% at 512-4k, causal 16k +1%,
+//          non-causal 16k -1.6% (one reading).
 //   d128:  128 x 128: S + O + P = 64 + 64 + 32 registers per thread next to the addressing.
 //   d192:  kN 96 (112 with dv 128) keeps two stages within the shared memory.
 //   d256:  128 x 80: two stages of 80-key K and V blocks plus Q fill the 227 KB.
@@ -26,7 +31,7 @@ namespace sgl_fa3::sm90 {
 // clang-format off
 template <int kD, int kDV> struct Tile;
 template <> struct Tile<64, 64>   { static constexpr int kM = 192, kN = 128, kStages = 2; static constexpr bool kPingPong = true,  kQv = false; };
-template <> struct Tile<96, 96>   { static constexpr int kM = 128, kN = 128, kStages = 2; static constexpr bool kPingPong = true,  kQv = false; };
+template <> struct Tile<96, 96>   { static constexpr int kM = 128, kN = 128, kStages = 3; static constexpr bool kPingPong = true,  kQv = false; };
 template <> struct Tile<128, 128> { static constexpr int kM = 128, kN = 128, kStages = 2; static constexpr bool kPingPong = true,  kQv = false; };
 template <> struct Tile<192, 192> { static constexpr int kM = 128, kN = 96,  kStages = 2; static constexpr bool kPingPong = true,  kQv = false; };
 template <> struct Tile<192, 128> { static constexpr int kM = 128, kN = 112, kStages = 2; static constexpr bool kPingPong = true,  kQv = false; };
