@@ -10,6 +10,7 @@ namespace sgl_fa3 {
 
 struct TileShape {
   int block_m, block_n;
+  bool merges_splits = false;  // the last split CTA of each tile folds the splits (FwdKernel::merges_splits)
 };
 
 // The forward tiles of an instantiation, from the most rows to the fewest.
@@ -74,6 +75,10 @@ struct PlanTuning {
 
 inline int ceil_div(int64_t a, int64_t b) { return int((a + b - 1) / b); }
 
+inline const TileShape& shape_of(const PlanInputs& in, TileKind tile) {
+  return tile == TileKind::kDecode ? in.decode : tile == TileKind::kShortQuery ? in.short_query : in.prefill;
+}
+
 // n_blocks key blocks in splits of at least min_per blocks each, widened so that there are at
 // most kMaxSplits; no empty trailing split.
 inline SplitLayout split_layout(int64_t n_blocks, int64_t min_per) {
@@ -96,9 +101,7 @@ inline Plan plan_forward(const PlanInputs& in) {
   plan.tile = rows <= in.decode.block_m        ? TileKind::kDecode
               : rows <= in.short_query.block_m ? TileKind::kShortQuery
                                                : TileKind::kPrefill;
-  const TileShape shape = plan.tile == TileKind::kDecode       ? in.decode
-                          : plan.tile == TileKind::kShortQuery ? in.short_query
-                                                               : in.prefill;
+  const TileShape& shape = shape_of(in, plan.tile);
   const int block_m = shape.block_m, block_n = shape.block_n;
   const int n_blocks = std::max(ceil_div(in.max_seqlen_k, block_n), 1);
   const int64_t ctas = int64_t(in.batch) * (plan.pack_gqa ? in.num_heads_k : in.num_heads) *
@@ -121,6 +124,17 @@ inline Plan plan_forward(const PlanInputs& in) {
   plan.set_splits(split_layout(n_blocks, ceil_div(n_blocks, splits)));
   plan.use_combine = plan.num_splits > 1;
   return plan;
+}
+
+// Whether a plan's splits merge inside the forward grid (the tile's last split CTA folds them,
+// PlanTuning::kMaxSplitsMergedInGrid) rather than in the combine kernel after it; plan may be a
+// precomputed one. Deterministic calls on a merging tile always merge in the grid: their split
+// count follows the longest row of the batch, and a row's result must not change with it (the
+// in-grid fold skips empty splits exactly; the combine kernel's lanes regroup the splits as
+// their count changes).
+inline bool merges_in_grid(const PlanInputs& in, const Plan& plan) {
+  return plan.use_combine && shape_of(in, plan.tile).merges_splits &&
+         (in.deterministic || plan.num_splits <= PlanTuning::kMaxSplitsMergedInGrid);
 }
 
 }  // namespace sgl_fa3

@@ -94,7 +94,9 @@ sgl_fa3::DType dtype_code(ScalarType t) {
   return t == ScalarType::Half ? sgl_fa3::DType::kFloat16 : sgl_fa3::DType::kBFloat16;
 }
 
-sgl_fa3::TileShape tile_shape(const sgl_fa3::FwdKernel& kernel) { return {kernel.block_m, kernel.block_n}; }
+sgl_fa3::TileShape tile_shape(const sgl_fa3::FwdKernel& kernel) {
+  return {kernel.block_m, kernel.block_n, kernel.merges_splits};
+}
 
 // The key block of the portable tile a plan chose (the unit of its n_blocks_per_split).
 int planned_block_n(const sgl_fa3::FwdKernels& kernels, const sgl_fa3::Plan& plan) {
@@ -387,15 +389,9 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   p.num_splits = plan.num_splits;
   p.n_blocks_per_split = plan.n_blocks_per_split;
 
-  // Deterministic calls on a merging tile always merge in the grid: their split count follows the
-  // longest row of the batch, and a row's result must not change with it (the in-grid fold skips
-  // empty splits exactly; the combine kernel's lanes regroup the splits as their count changes).
-  const bool merge_in_grid =
-      kernel.merges_splits && (deterministic || plan.num_splits <= sgl_fa3::PlanTuning::kMaxSplitsMergedInGrid);
-
   const torch::stable::accelerator::DeviceGuard guard(device);
   // Programmatic dependent launch where it was tested (Hopper); later GPUs launch plainly.
-  launch_forward(kernel, p, q, plan.use_combine, merge_in_grid, head_dim_v,
+  launch_forward(kernel, p, q, plan.use_combine, sgl_fa3::merges_in_grid(plan_inputs, plan), head_dim_v,
                  device_limits(device).major == 9, device, current_stream(device));
 }
 
