@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 import bench_decode as bd
-from ab_prefill import best_of_rounds, print_geomeans, record
+from ab_prefill import best_of_builds, print_geomeans, record
 from bench_table import versions_line
 
 
@@ -36,7 +36,7 @@ def compare_point(builds: list, p: bd.Point, page_sizes: list[int], ratios: list
     bufs = bd.make_buffers(p)
     cudnn = bd.measure_cudnn(p, bufs) or float("nan")
     for page_size in page_sizes:
-        best = best_of_rounds(builds, lambda fa3: bd.measure_ours(fa3, p, bufs, page_size))
+        best = best_of_builds(builds, lambda fa3: bd.measure_ours(fa3, p, bufs, page_size))
         record(ratios, best, f"{p.label()} page {page_size} cudnn {cudnn:.0f}")
 
 

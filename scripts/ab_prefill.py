@@ -17,6 +17,7 @@ SDPA backend printed beside them. --varlen times the packed workload of bench_pr
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -27,16 +28,12 @@ import torch
 
 import bench_prefill as bp
 import bench_prefill_varlen as bv
-from bench_table import versions_line
+from bench_table import best_of_rounds, versions_line
 
 
-def best_of_rounds(builds: list, measure: Callable[[object], float]) -> list[float]:
-    """Each build's best TFLOP/s over two alternating rounds."""
-    best = [0.0] * len(builds)
-    for _ in range(2):
-        for i, fa3 in enumerate(builds):
-            best[i] = max(best[i], measure(fa3))
-    return best
+def best_of_builds(builds: list, measure: Callable[[object], float]) -> list[float]:
+    """Each build's best TFLOP/s over two rounds that alternate the builds."""
+    return best_of_rounds([functools.partial(measure, fa3) for fa3 in builds], 2)
 
 
 def record(ratios: list[list[float]], best: list[float], label: str) -> None:
@@ -73,7 +70,7 @@ def main() -> int:
         for causal in (False, True):
             if args.varlen:
                 inputs = bv.packed_inputs(d, lengths)
-                best = best_of_rounds(builds, lambda fa3: bv.ours_tflops(fa3, d, causal, lengths, inputs))
+                best = best_of_builds(builds, lambda fa3: bv.ours_tflops(fa3, d, causal, lengths, inputs))
                 record(ratios, best, f"varlen d{d} causal={int(causal)}")
                 continue
             for seqlen in (int(x) for x in args.seqlens.split(",")):
@@ -81,10 +78,11 @@ def main() -> int:
 
                 def measure(fa3) -> float:
                     nonlocal peer
-                    ours, peer = bp.measure(fa3, bp.PEERS[args.peer], torch.bfloat16, d, d, causal, seqlen)
+                    # One round per call: best_of_builds alternates the builds itself.
+                    ours, peer = bp.measure(fa3, bp.PEERS[args.peer], torch.bfloat16, d, d, causal, seqlen, rounds=1)
                     return ours
 
-                best = best_of_rounds(builds, measure)
+                best = best_of_builds(builds, measure)
                 record(ratios, best, f"d{d} causal={int(causal)} seqlen={seqlen} {args.peer} {peer:.0f}")
     print_geomeans(ratios)
     return 0

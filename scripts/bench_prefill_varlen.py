@@ -25,7 +25,7 @@ import torch
 from torch.nn.attention.varlen import varlen_attn
 from triton.testing import do_bench
 
-from bench_table import versions_line, write_table
+from bench_table import best_of_rounds, versions_line, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = "dtype,hdim,causal,nseqs,ours_tflops,dense4k_tflops,torch_varlen_tflops,device,date".split(",")
@@ -79,12 +79,10 @@ def measure_point(fa3, d: int, causal: bool, lengths: list[int]) -> tuple[float,
     """(ours, dense 4k, torch varlen) TFLOP/s, each the best of ROUNDS alternating rounds."""
     inputs = packed_inputs(d, lengths)
     dense = tuple(torch.randn(4, 4096, HIDDEN // d, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    best = [0.0, 0.0, 0.0]
-    for _ in range(ROUNDS):
-        rates = (ours_tflops(fa3, d, causal, lengths, inputs), dense4k_tflops(fa3, d, causal, dense),
-                 torch_varlen_tflops(d, causal, lengths, inputs))
-        best = [max(b, r) for b, r in zip(best, rates)]
-    return best[0], best[1], best[2]
+    ours, dense4k, theirs = best_of_rounds([lambda: ours_tflops(fa3, d, causal, lengths, inputs),
+                                            lambda: dense4k_tflops(fa3, d, causal, dense),
+                                            lambda: torch_varlen_tflops(d, causal, lengths, inputs)], ROUNDS)
+    return ours, dense4k, theirs
 
 
 def main() -> int:
