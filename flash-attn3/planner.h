@@ -58,6 +58,13 @@ struct PlanTuning {
   // flight: two per SM (page size 16, GQA batch 8 x 32k: 4 splits 2788 GB/s vs 2 splits 2463;
   // batch 1 x 32k: 33 splits 2261 vs 16 splits 2104).
   static constexpr int kTargetCtasPerSmPaged = 2;
+  // Unpaged k/v on a tile that merges its own splits, where the unsplit grid leaves at least half
+  // the SMs idle: two CTAs per SM as well (H100, bf16 d128, q_len 1, unpaged, ratio to one per
+  // SM: GQA 32/8 batch 8 x 1k / 8k / 32k 1.032 / 1.035 / 1.008, batch 4 x 8k / 32k 1.016 /
+  // 1.019, MHA 32/32 batch 2 x 1k / 8k 1.031 / 1.023; the other points at batch 1-16 within
+  // -0.6..+1.7%). With more CTAs than that, splitting a tile gains less than its partials cost
+  // (batch 16 GQA x 1k, above).
+  static constexpr int kTargetCtasPerSmFewTiles = 2;
   // A split of fewer key blocks is all ramp (batch 1 GQA x 1k: 8 splits of 2 blocks 386 GB/s,
   // 16 splits of 1 block 383, 2 splits of 8 blocks 287).
   static constexpr int kMinBlocksPerSplit = 2;
@@ -116,8 +123,11 @@ inline Plan plan_forward(const PlanInputs& in) {
   if (in.num_splits > 1) {
     splits = std::min({in.num_splits, n_blocks, kMaxSplits});
   } else if (in.num_splits == 0) {
-    const int64_t target =
-        int64_t(in.paged ? PlanTuning::kTargetCtasPerSmPaged : PlanTuning::kTargetCtasPerSm) * in.num_sms;
+    const bool few_tiles = shape.merges_splits && 2 * ctas <= int64_t(in.num_sms);
+    const int per_sm = in.paged    ? PlanTuning::kTargetCtasPerSmPaged
+                       : few_tiles ? PlanTuning::kTargetCtasPerSmFewTiles
+                                   : PlanTuning::kTargetCtasPerSm;
+    const int64_t target = int64_t(per_sm) * in.num_sms;
     splits = int(std::min<int64_t>(target / ctas, n_blocks / PlanTuning::kMinBlocksPerSplit));
     splits = std::clamp(splits, 1, kMaxSplits);
   }
@@ -126,15 +136,19 @@ inline Plan plan_forward(const PlanInputs& in) {
   return plan;
 }
 
-// Whether a plan's splits merge inside the forward grid (the tile's last split CTA folds them,
-// PlanTuning::kMaxSplitsMergedInGrid) rather than in the combine kernel after it; plan may be a
-// precomputed one. Deterministic calls on a merging tile always merge in the grid: their split
-// count follows the longest row of the batch, and a row's result must not change with it (the
-// in-grid fold skips empty splits exactly; the combine kernel's lanes regroup the splits as
-// their count changes).
-inline bool merges_in_grid(const PlanInputs& in, const Plan& plan) {
-  return plan.use_combine && shape_of(in, plan.tile).merges_splits &&
-         (in.deterministic || plan.num_splits <= PlanTuning::kMaxSplitsMergedInGrid);
+// Where a plan's split partials are merged: nowhere (no partials), inside the forward grid (the
+// tile's last split CTA folds them, PlanTuning::kMaxSplitsMergedInGrid) or by the combine kernel
+// after it; plan may be a precomputed one. Deterministic calls on a merging tile always merge in
+// the grid: their split count follows the longest row of the batch, and a row's result must not
+// change with it (the in-grid fold skips empty splits exactly; the combine kernel's lanes regroup
+// the splits as their count changes).
+enum class SplitMerge : int { kNone = 0, kInGrid = 1, kCombineKernel = 2 };
+
+inline SplitMerge split_merge(const PlanInputs& in, const Plan& plan) {
+  if (!plan.use_combine) return SplitMerge::kNone;
+  const bool in_grid = shape_of(in, plan.tile).merges_splits &&
+                       (in.deterministic || plan.num_splits <= PlanTuning::kMaxSplitsMergedInGrid);
+  return in_grid ? SplitMerge::kInGrid : SplitMerge::kCombineKernel;
 }
 
 }  // namespace sgl_fa3

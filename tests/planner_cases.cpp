@@ -5,7 +5,7 @@
 // in:  batch max_seqlen_q max_seqlen_k num_heads num_heads_k num_sms num_splits pack_gqa
 //      deterministic paged, then (block_m block_n merges_splits) of the prefill, short-query
 //      and decode tiles
-// out: num_splits n_blocks_per_split pack_gqa tile use_combine merges_in_grid
+// out: num_splits n_blocks_per_split pack_gqa tile use_combine split_merge
 #include <iostream>
 
 #include "planner.h"
@@ -21,7 +21,7 @@ int main() {
     for (sgl_fa3::TileShape* t : tiles) std::cin >> t->block_m >> t->block_n >> t->merges_splits;
     const sgl_fa3::Plan plan = sgl_fa3::plan_forward(in);
     std::cout << plan.num_splits << ' ' << plan.n_blocks_per_split << ' ' << plan.pack_gqa << ' '
-              << int(plan.tile) << ' ' << plan.use_combine << ' ' << sgl_fa3::merges_in_grid(in, plan) << '\n';
+              << int(plan.tile) << ' ' << plan.use_combine << ' ' << int(sgl_fa3::split_merge(in, plan)) << '\n';
   }
   return 0;
 }

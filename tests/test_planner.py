@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFILL, SHORT_QUERY, DECODE = 0, 1, 2  # TileKind
+NO_MERGE, IN_GRID, COMBINE_KERNEL = "none", "in grid", "combine kernel"
+SPLIT_MERGE = (NO_MERGE, IN_GRID, COMBINE_KERNEL)  # SplitMerge, by value
 MAX_SPLITS_MERGED_IN_GRID = 8  # PlanTuning::kMaxSplitsMergedInGrid
 DETERMINISTIC_KEYS_PER_SPLIT = 2048  # PlanTuning::kDeterministicKeysPerSplit
 H100_SMS = 132
@@ -41,7 +43,7 @@ class Plan:
     pack_gqa: bool
     tile: int
     use_combine: bool
-    merges_in_grid: bool
+    merge: str  # where split partials are merged: SplitMerge in planner.h
 
     def block_n(self, call: Call) -> int:
         return call.tiles[self.tile][1]
@@ -62,8 +64,8 @@ def planner(tmp_path_factory):
         line = " ".join(str(int(v)) for v in fields.values())
         line += " " + " ".join(str(int(x)) for tile in tiles for x in tile)
         out = subprocess.run([str(binary)], input=line + "\n", capture_output=True, text=True, check=True).stdout
-        n, per, pack, tile, combine, in_grid = (int(x) for x in out.split())
-        return Plan(n, per, bool(pack), tile, bool(combine), bool(in_grid))
+        n, per, pack, tile, combine, merge = (int(x) for x in out.split())
+        return Plan(n, per, bool(pack), tile, bool(combine), SPLIT_MERGE[merge])
 
     return plan
 
@@ -78,34 +80,52 @@ def test_a_prefill_neither_packs_nor_splits(planner):
     assert (plan.pack_gqa, plan.tile, plan.num_splits, plan.use_combine) == (False, PREFILL, 1, False)
 
 
-def test_a_small_decode_batch_splits_its_keys_to_fill_the_sms(planner):
+def test_a_small_decode_batch_splits_its_keys_to_two_ctas_per_sm(planner):
     call = Call(batch=1, seqlen_k=32768)
     plan = planner(call)
-    assert plan.num_splits * call.heads_k <= call.num_sms < (plan.num_splits + 1) * call.heads_k
+    assert call.num_sms < plan.num_splits * call.heads_k <= 2 * call.num_sms
     assert plan.num_splits * plan.n_blocks_per_split * plan.block_n(call) >= call.seqlen_k
     assert plan.use_combine
 
 
+def test_a_decode_grid_that_fills_half_the_sms_is_not_split(planner):
+    """batch 16 x 8 KV heads = 128 decode tiles on 132 SMs."""
+    plan = planner(Call(batch=16, seqlen_k=1024))
+    assert (plan.tile, plan.num_splits, plan.merge) == (DECODE, 1, NO_MERGE)
+
+
+def test_paged_decode_splits_to_two_ctas_per_sm_whatever_the_grid(planner):
+    call = Call(batch=16, seqlen_k=32768, paged=True)
+    plan = planner(call)
+    assert plan.num_splits == 2 * call.num_sms // (call.batch * call.heads_k) == 2
+
+
+def test_a_tile_that_does_not_merge_its_splits_targets_one_cta_per_sm(planner):
+    call = Call(batch=1, seqlen_k=32768, tiles=((128, 64, False), (64, 64, False), (16, 64, False)))
+    plan = planner(call)
+    assert plan.num_splits * call.heads_k <= call.num_sms < (plan.num_splits + 1) * call.heads_k
+
+
 def test_num_splits_1_never_splits(planner):
     plan = planner(Call(batch=1, seqlen_k=32768, num_splits=1))
-    assert (plan.num_splits, plan.use_combine, plan.merges_in_grid) == (1, False, False)
+    assert (plan.num_splits, plan.use_combine, plan.merge) == (1, False, NO_MERGE)
 
 
 @pytest.mark.parametrize("splits", [2, MAX_SPLITS_MERGED_IN_GRID])
 def test_a_few_splits_merge_in_the_forward_grid(planner, splits):
     plan = planner(Call(batch=1, seqlen_k=32768, num_splits=splits))
-    assert plan.num_splits == splits and plan.use_combine and plan.merges_in_grid
+    assert plan.num_splits == splits and plan.use_combine and plan.merge == IN_GRID
 
 
 def test_more_splits_merge_in_the_combine_kernel(planner):
     plan = planner(Call(batch=1, seqlen_k=32768, num_splits=MAX_SPLITS_MERGED_IN_GRID + 1))
-    assert plan.use_combine and not plan.merges_in_grid
+    assert plan.use_combine and plan.merge == COMBINE_KERNEL
 
 
 def test_a_tile_that_does_not_merge_leaves_its_splits_to_the_combine_kernel(planner):
     call = Call(batch=1, seqlen_k=32768, num_splits=4, tiles=((128, 64, False), (64, 64, False), (16, 64, False)))
     plan = planner(call)
-    assert plan.num_splits == 4 and plan.use_combine and not plan.merges_in_grid
+    assert plan.num_splits == 4 and plan.use_combine and plan.merge == COMBINE_KERNEL
 
 
 def test_deterministic_splits_have_a_fixed_length_and_always_merge_in_the_grid(planner):
@@ -114,7 +134,7 @@ def test_deterministic_splits_have_a_fixed_length_and_always_merge_in_the_grid(p
         call = Call(batch=1, seqlen_k=seqlen_k, deterministic=True)
         plan = planner(call)
         assert plan.n_blocks_per_split * plan.block_n(call) == DETERMINISTIC_KEYS_PER_SPLIT
-        assert plan.use_combine and plan.merges_in_grid
+        assert plan.use_combine and plan.merge == IN_GRID
     assert planner(Call(batch=1, seqlen_k=65536, deterministic=True)).num_splits > MAX_SPLITS_MERGED_IN_GRID
 
 

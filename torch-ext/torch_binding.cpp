@@ -173,16 +173,16 @@ void check_launch(cudaError_t err, const char* what) {
 }
 
 // out = attention(q, k, v); writes `out` and `softmax_lse` in place.
-// Launches the forward kernel; with use_combine each split writes fp32 partials into workspace from
-// torch's caching allocator (safe under CUDA-graph capture), merged by the forward's own last
-// split CTA of each tile (merge_in_grid: portable decode / short-query tiles, one counter per
-// tile) or by the combine kernel after the forward.
+// Launches the forward kernel. With split partials (merge != kNone) each split writes fp32
+// partials into workspace from torch's caching allocator (safe under CUDA-graph capture), merged
+// by the forward's own last split CTA of each tile (kInGrid: portable decode / short-query tiles,
+// one counter per tile) or by the combine kernel after the forward (kCombineKernel).
 // pdl: the forward (portable family) and the combine may launch as programmatic dependents of
 // the grid before each on the stream.
-void launch_forward(const sgl_fa3::FwdKernel& kernel, sgl_fa3::FwdParams& p, const Tensor& like, bool use_combine,
-                    bool merge_in_grid, int64_t head_dim_v, bool pdl, int device, cudaStream_t stream) {
+void launch_forward(const sgl_fa3::FwdKernel& kernel, sgl_fa3::FwdParams& p, const Tensor& like,
+                    sgl_fa3::SplitMerge merge, int64_t head_dim_v, bool pdl, int device, cudaStream_t stream) {
   p.pdl = pdl;
-  if (!use_combine) {
+  if (merge == sgl_fa3::SplitMerge::kNone) {
     check_launch(kernel.launch(p, stream), "attention kernel launch");
     return;
   }
@@ -190,12 +190,12 @@ void launch_forward(const sgl_fa3::FwdKernel& kernel, sgl_fa3::FwdParams& p, con
   Tensor lse_partial = torch::stable::new_empty(like, {p.num_splits, p.lse_rows}, ScalarType::Float);
   p.o_partial = static_cast<float*>(o_partial.data_ptr());
   p.lse_partial = static_cast<float*>(lse_partial.data_ptr());
-  if (merge_in_grid) {
+  if (merge == sgl_fa3::SplitMerge::kInGrid) {
     p.split_counter_slots = sgl_fa3::PortableTiles(p, kernel.block_m).count();
     check_launch(sgl_fa3::split_counters(device, stream, p.split_counter_slots, &p.split_counters), "split counters");
   }
   check_launch(kernel.launch(p, stream), "attention kernel launch");
-  if (!merge_in_grid) check_launch(sgl_fa3::run_split_combine(p, stream), "split-KV combine launch");
+  if (merge == sgl_fa3::SplitMerge::kCombineKernel) check_launch(sgl_fa3::run_split_combine(p, stream), "split-KV combine launch");
 }
 
 // q (b, sq, h, d) | packed (total_q, h, d) with cu_seqlens_q; out like q with dv.
@@ -375,7 +375,8 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     p.tile_counter = static_cast<int*>(counter.data_ptr());
     check_launch(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream), "tile counter reset");
     // The persistent grid does not trigger its dependents early: no programmatic launch.
-    launch_forward(sm90->prefill, p, q, split.use_combine, false, head_dim_v, false, device, stream);
+    const sgl_fa3::SplitMerge merge = split.use_combine ? sgl_fa3::SplitMerge::kCombineKernel : sgl_fa3::SplitMerge::kNone;
+    launch_forward(sm90->prefill, p, q, merge, head_dim_v, false, device, stream);
     return;
   }
   const sgl_fa3::FwdKernel& kernel = plan.tile == sgl_fa3::TileKind::kDecode       ? kernels.decode
@@ -391,8 +392,8 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
 
   const torch::stable::accelerator::DeviceGuard guard(device);
   // Programmatic dependent launch where it was tested (Hopper); later GPUs launch plainly.
-  launch_forward(kernel, p, q, plan.use_combine, sgl_fa3::merges_in_grid(plan_inputs, plan), head_dim_v,
-                 device_limits(device).major == 9, device, current_stream(device));
+  launch_forward(kernel, p, q, sgl_fa3::split_merge(plan_inputs, plan), head_dim_v, device_limits(device).major == 9,
+                 device, current_stream(device));
 }
 
 // Appends k_new/v_new to the cache at slot cache_seqlens[b] (+ page table / cache rows),

@@ -23,6 +23,10 @@ namespace sgl_fa3::sm90 {
 //          under the current tile's last ones; H100, bf16: +1-4% at 512-4k, causal 16k +1%,
 //          non-causal 16k -1.6% (one reading).
 //   d128:  128 x 128: S + O + P = 64 + 64 + 32 registers per thread next to the addressing.
+//          Two stages: a third (224 KB) has to stage O in Q's bytes, giving up the second Q
+//          buffer and the deferred epilogue: +0.6-2.5% at 1k-4k, -2.5..-4% at 512, causal 1k
+//          and non-causal 16k; 128 x 96 with three stages and 192 x 64 with three groups read
+//          0.95 and 0.94 in geomean (H100, bf16, scripts/ab_prefill.py).
 //   d192:  kN 96 (112 with dv 128) keeps two stages within the shared memory.
 //   d256:  128 x 80: two stages of 80-key K and V blocks plus Q fill the 227 KB.
 //   64 -> 256 / 512 (absorbed MLA, qv; kQv): 64 rows shared by both groups, each holding half of
