@@ -58,12 +58,13 @@ struct PlanTuning {
   // flight: two per SM (page size 16, GQA batch 8 x 32k: 4 splits 2788 GB/s vs 2 splits 2463;
   // batch 1 x 32k: 33 splits 2261 vs 16 splits 2104).
   static constexpr int kTargetCtasPerSmPaged = 2;
-  // Unpaged k/v on a tile that merges its own splits, where the unsplit grid leaves at least half
-  // the SMs idle: two CTAs per SM as well (H100, bf16 d128, q_len 1, unpaged, ratio to one per
-  // SM: GQA 32/8 batch 8 x 1k / 8k / 32k 1.032 / 1.035 / 1.008, batch 4 x 8k / 32k 1.016 /
-  // 1.019, MHA 32/32 batch 2 x 1k / 8k 1.031 / 1.023; the other points at batch 1-16 within
-  // -0.6..+1.7%). With more CTAs than that, splitting a tile gains less than its partials cost
-  // (batch 16 GQA x 1k, above).
+  // Unpaged k/v on the decode tile, where the unsplit grid leaves at least half the SMs idle:
+  // two CTAs per SM as well (H100, bf16 d128, q_len 1, unpaged, ratio to one per SM: GQA 32/8
+  // batch 8 x 1k / 8k / 32k 1.032 / 1.035 / 1.008, batch 4 x 8k / 32k 1.016 / 1.019, MHA 32/32
+  // batch 2 x 1k / 8k 1.031 / 1.023; the other points at batch 1-16 within -0.6..+1.7%). With
+  // more CTAs than that, splitting gains less than the partials cost (batch 16 GQA x 1k, above).
+  // Measured on the portable decode tile only: the short-query tile and the Hopper absorbed-MLA
+  // tile (one CTA per SM, which its split layout was measured with) keep one per SM.
   static constexpr int kTargetCtasPerSmFewTiles = 2;
   // A split of fewer key blocks is all ramp (batch 1 GQA x 1k: 8 splits of 2 blocks 386 GB/s,
   // 16 splits of 1 block 383, 2 splits of 8 blocks 287).
@@ -123,7 +124,8 @@ inline Plan plan_forward(const PlanInputs& in) {
   if (in.num_splits > 1) {
     splits = std::min({in.num_splits, n_blocks, kMaxSplits});
   } else if (in.num_splits == 0) {
-    const bool few_tiles = shape.merges_splits && 2 * ctas <= int64_t(in.num_sms);
+    const bool few_tiles =
+        plan.tile == TileKind::kDecode && shape.merges_splits && 2 * ctas <= int64_t(in.num_sms);
     const int per_sm = in.paged    ? PlanTuning::kTargetCtasPerSmPaged
                        : few_tiles ? PlanTuning::kTargetCtasPerSmFewTiles
                                    : PlanTuning::kTargetCtasPerSm;

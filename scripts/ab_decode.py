@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Decode bandwidth of two or more builds of this package in one process (A/B of a change).
 
-    python scripts/ab_decode.py BASE_BUILD NEW_BUILD [--heads 32/8] [--batches 1,8] [--page-sizes 0,16]
+    python scripts/ab_decode.py BASE_BUILD NEW_BUILD [--heads 32/8] [--batches 1,8] [--page-sizes 0,16] [--q-len 8]
     python scripts/ab_decode.py BUILD --timeline      # kernels of one call, as a CUDA-graph replay runs them
 
 Each argument is a build folder (the `build/` of a checkout). Workload and timing as in
-bench_decode.py (bf16 d 128, q_len 1, GB/s of K + V + q + out over CUDA-graph replays of
+bench_decode.py (bf16 d 128, q_len 1 unless --q-len, GB/s of K + V + q + out over CUDA-graph replays of
 back-to-back calls); each point is timed in two alternating rounds and the best of each build is
 kept. Prints GB/s and the ratio to the first build, cuDNN beside them, then the geometric mean.
 --timeline instead profiles one replay per point and prints each kernel's duration and the gap
@@ -28,7 +28,7 @@ from bench_table import versions_line
 
 
 def points(args: argparse.Namespace) -> list[bd.Point]:
-    return [bd.Point(b, sk, hq, hkv) for hq, hkv in bd.parse_heads(args.heads)
+    return [bd.Point(b, sk, hq, hkv, q_len=args.q_len) for hq, hkv in bd.parse_heads(args.heads)
             for b in bd.parse_ints(args.batches) for sk in bd.parse_ints(args.seqlens)]
 
 
@@ -91,6 +91,7 @@ def main() -> int:
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--seqlens", default="1024,8192")
     parser.add_argument("--page-sizes", default="0,16")
+    parser.add_argument("--q-len", type=int, default=1, help="query rows per sequence (default 1)")
     parser.add_argument("--timeline", action="store_true", help="profile the last build's kernels instead")
     args = parser.parse_args()
     from kernels import get_local_kernel

@@ -106,6 +106,14 @@ def test_a_tile_that_does_not_merge_its_splits_targets_one_cta_per_sm(planner):
     assert plan.num_splits * call.heads_k <= call.num_sms < (plan.num_splits + 1) * call.heads_k
 
 
+def test_short_queries_split_to_one_cta_per_sm(planner):
+    """8 query rows x 4 heads per KV head: 32 rows, the short-query tile."""
+    call = Call(batch=1, seqlen_q=8, seqlen_k=32768)
+    plan = planner(call)
+    assert plan.tile == SHORT_QUERY
+    assert plan.num_splits * call.heads_k <= call.num_sms < (plan.num_splits + 1) * call.heads_k
+
+
 def test_num_splits_1_never_splits(planner):
     plan = planner(Call(batch=1, seqlen_k=32768, num_splits=1))
     assert (plan.num_splits, plan.use_combine, plan.merge) == (1, False, NO_MERGE)

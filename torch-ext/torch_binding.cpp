@@ -195,7 +195,8 @@ void launch_forward(const sgl_fa3::FwdKernel& kernel, sgl_fa3::FwdParams& p, con
     check_launch(sgl_fa3::split_counters(device, stream, p.split_counter_slots, &p.split_counters), "split counters");
   }
   check_launch(kernel.launch(p, stream), "attention kernel launch");
-  if (merge == sgl_fa3::SplitMerge::kCombineKernel) check_launch(sgl_fa3::run_split_combine(p, stream), "split-KV combine launch");
+  if (merge == sgl_fa3::SplitMerge::kCombineKernel)
+    check_launch(sgl_fa3::run_split_combine(p, stream), "split-KV combine launch");
 }
 
 // q (b, sq, h, d) | packed (total_q, h, d) with cu_seqlens_q; out like q with dv.
@@ -375,7 +376,8 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     p.tile_counter = static_cast<int*>(counter.data_ptr());
     check_launch(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream), "tile counter reset");
     // The persistent grid does not trigger its dependents early: no programmatic launch.
-    const sgl_fa3::SplitMerge merge = split.use_combine ? sgl_fa3::SplitMerge::kCombineKernel : sgl_fa3::SplitMerge::kNone;
+    const sgl_fa3::SplitMerge merge =
+        split.use_combine ? sgl_fa3::SplitMerge::kCombineKernel : sgl_fa3::SplitMerge::kNone;
     launch_forward(sm90->prefill, p, q, merge, head_dim_v, false, device, stream);
     return;
   }
