@@ -10,7 +10,10 @@ heads, one query head per tile), multi-token steps over a cache (128 heads packe
 head, as DeepSeek's target verification issues them) and decode (one query per sequence).
 FLOPs = 2 * visible (query, key) pairs * heads * (d + 2 dv), causal bottom-right aligned;
 ours_kv_gbps = the K/V bytes over our time (the bound of decode). Times are medians of CUDA-event
-timings.
+timings. --page-size n reads the cache as pages of n keys (scattered by a random permutation)
+through flash_attn_with_kvcache, as a serving engine does; the CSV then gains a page_size column.
+
+    python scripts/bench_mla.py --page-size 64
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -64,11 +68,30 @@ def cudnn_ms(q, qv, k, v, causal: bool) -> float | None:
         return None
 
 
+def attention_call(fa3, q, qv, k, v, out, causal: bool, page_size: int):
+    """Our call on dense k/v (flash_attn_func), or on the same k/v viewed as a pool of pages of
+    page_size keys read through a random page table (flash_attn_with_kvcache); split-KV heuristic,
+    as flash_attn_with_kvcache defaults to."""
+    if not page_size:
+        return partial(fa3.flash_attn_func, q, k, v, qv=qv, causal=causal, out=out, num_splits=0)
+    batch, sk = k.shape[:2]
+    pages = batch * sk // page_size
+    k_cache, v_cache = (x.view(pages, page_size, *x.shape[2:]) for x in (k, v))
+    page_table = torch.randperm(pages, device="cuda").to(torch.int32).view(batch, sk // page_size)
+    seqlens = torch.full((batch,), sk, device="cuda", dtype=torch.int32)
+    return partial(fa3.flash_attn_with_kvcache, q, k_cache, v_cache, qv=qv, cache_seqlens=seqlens,
+                   page_table=page_table, causal=causal, out=out, num_splits=0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="CSV to write (printed either way)")
     parser.add_argument("--dvs", default="512,256")
+    parser.add_argument("--page-size", type=int, default=0,
+                        help="keys per page of the cache (default 0: dense k/v); must divide every seqlen_k")
     args = parser.parse_args()
+    if args.page_size < 0 or any(sk % max(args.page_size, 1) for _, _, sk, _ in WORKLOADS):
+        parser.error(f"--page-size must be 0 or divide every workload's seqlen_k, got {args.page_size}")
     fa3 = load_kernel()
     device, date, gemm = run_context()
     rows = []
@@ -82,9 +105,7 @@ def main() -> int:
                 v = torch.randn(batch, sk, 1, dv, device="cuda", dtype=dtype)
                 out = torch.empty(batch, sq, h, dv, device="cuda", dtype=dtype)
 
-                def call():  # split-KV heuristic, as flash_attn_with_kvcache defaults to
-                    return fa3.flash_attn_func(q, k, v, qv=qv, causal=causal, out=out, num_splits=0)
-
+                call = attention_call(fa3, q, qv, k, v, out, causal, args.page_size)
                 flops = 2 * batch * h * visible_pairs(sq, sk, causal) * (64 + 2 * dv)
                 ours_ms = with_backend("auto", call)
                 ours = flops / ours_ms / 1e9
@@ -95,11 +116,12 @@ def main() -> int:
                 peer_ms = cudnn_ms(q, qv, k, v, causal) if sq == sk else None
                 peer = f"{flops / peer_ms / 1e9:.1f}" if peer_ms else ""
                 rows.append(["bf16", 64, dv, int(causal), batch, sq, sk, h, f"{ours:.1f}", f"{portable:.1f}", peer,
-                             f"{ours / portable:.2f}", f"{kv_bytes / ours_ms / 1e6:.0f}", f"{gemm:.1f}", device, date])
+                             f"{ours / portable:.2f}", f"{kv_bytes / ours_ms / 1e6:.0f}", f"{gemm:.1f}", device, date]
+                            + ([args.page_size] if args.page_size else []))
                 print(",".join(str(x) for x in rows[-1]), flush=True)
                 del q, qv, k, v, out
     if args.out:
-        write_table(args.out, COLUMNS, rows)
+        write_table(args.out, COLUMNS + (["page_size"] if args.page_size else []), rows)
     return 0
 
 
