@@ -49,10 +49,11 @@ struct Plan {
 // Tuning table (reasons next to each value).
 struct PlanTuning {
   // Split until every SM has one CTA, never more (floor of num_sms / ctas): on an H100 (bf16
-  // d128, q_len 1, GQA 32/8 and MHA 32/32) one CTA per SM beats two for unpaged k/v at every
-  // batch measured (batch 16 GQA x 1k: 1 split 2306 GB/s vs 2 splits 2014; batch 4 MHA x 1k:
-  // 2389 vs 2052), and a grid a few CTAs over the SM count leaves those SMs with two CTAs and a
-  // tail (batch 1 GQA x 32k: 16 splits = 128 CTAs 2370 GB/s, 17 splits = 136 CTAs 2036).
+  // d128, q_len 1, GQA 32/8 and MHA 32/32) one CTA per SM beats two for unpaged k/v once the
+  // unsplit grid fills half the SMs (batch 16 GQA x 1k: 1 split 2306 GB/s vs 2 splits 2014;
+  // batch 4 MHA x 1k: 2389 vs 2052; smaller decode grids: kTargetCtasPerSmFewTiles), and a grid a
+  // few CTAs over the SM count leaves those SMs with two CTAs and a tail (batch 1 GQA x 32k: 16
+  // splits = 128 CTAs 2370 GB/s, 17 splits = 136 CTAs 2036).
   static constexpr int kTargetCtasPerSm = 1;
   // A paged block waits on its page-table entries too, and one CTA per SM keeps too little in
   // flight: two per SM (page size 16, GQA batch 8 x 32k: 4 splits 2788 GB/s vs 2 splits 2463;

@@ -88,10 +88,13 @@ def test_a_small_decode_batch_splits_its_keys_to_two_ctas_per_sm(planner):
     assert plan.use_combine
 
 
-def test_a_decode_grid_that_fills_half_the_sms_is_not_split(planner):
-    """batch 16 x 8 KV heads = 128 decode tiles on 132 SMs."""
-    plan = planner(Call(batch=16, seqlen_k=1024))
-    assert (plan.tile, plan.num_splits, plan.merge) == (DECODE, 1, NO_MERGE)
+@pytest.mark.parametrize("batch, splits", [(8, 4), (9, 1), (16, 1)])
+def test_unpaged_decode_splits_only_while_half_the_sms_are_idle(planner, batch, splits):
+    """batch x 8 KV heads decode tiles on 132 SMs: 64 tiles split to two CTAs per SM, 72 or more
+    are not split."""
+    plan = planner(Call(batch=batch, seqlen_k=8192))
+    assert (plan.tile, plan.num_splits) == (DECODE, splits)
+    assert plan.merge == (IN_GRID if splits > 1 else NO_MERGE)
 
 
 def test_paged_decode_splits_to_two_ctas_per_sm_whatever_the_grid(planner):
