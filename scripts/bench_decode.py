@@ -157,23 +157,24 @@ def paged(cache: torch.Tensor, page_size: int) -> torch.Tensor:
     return cache.view(b * sk // page_size, page_size, hkv, d)
 
 
-def random_page_table(p: Point, page_size: int) -> torch.Tensor:
+def random_page_table(batch: int, seqlen_k: int, page_size: int) -> torch.Tensor:
     """(b, sk // page_size) int32: a random permutation of the pool, so pages are scattered."""
-    pages_per_seq = p.seqlen_k // page_size
-    perm = torch.randperm(p.batch * pages_per_seq, device="cuda")
-    return perm.to(torch.int32).view(p.batch, pages_per_seq)
+    pages_per_seq = seqlen_k // page_size
+    perm = torch.randperm(batch * pages_per_seq, device="cuda")
+    return perm.to(torch.int32).view(batch, pages_per_seq)
 
 
-def decode_calls(fa3, p: Point, bufs: list[Buffers], page_size: int,
-                 pack_gqa: bool | None = None) -> list[Callable[[], object]]:
+def decode_calls(fa3, p: Point, bufs: list[Buffers], page_size: int, pack_gqa: bool | None = None,
+                 num_splits: int = 0) -> list[Callable[[], object]]:
     """One flash_attn_with_kvcache call per copy of the inputs (paged when page_size > 0)."""
     cache_seqlens = torch.full((p.batch,), p.seqlen_k, device="cuda", dtype=torch.int32)
-    page_table = random_page_table(p, page_size) if page_size else None
+    page_table = random_page_table(p.batch, p.seqlen_k, page_size) if page_size else None
     calls = []
     for buf in bufs:
         k_cache, v_cache = (paged(x, page_size) if page_size else x for x in (buf.k, buf.v))
         calls.append(partial(fa3.flash_attn_with_kvcache, buf.q, k_cache, v_cache, cache_seqlens=cache_seqlens,
-                             page_table=page_table, causal=True, out=buf.out, pack_gqa=pack_gqa))
+                             page_table=page_table, causal=True, out=buf.out, pack_gqa=pack_gqa,
+                             num_splits=num_splits))
     return calls
 
 
@@ -184,9 +185,10 @@ def cudnn_calls(p: Point, bufs: list[Buffers]) -> list[Callable[[], object]]:
                     is_causal=False, enable_gqa=gqa) for buf in bufs]
 
 
-def measure_ours(fa3, p: Point, bufs: list[Buffers], page_size: int, pack_gqa: bool | None = None) -> float:
+def measure_ours(fa3, p: Point, bufs: list[Buffers], page_size: int, pack_gqa: bool | None = None,
+                 num_splits: int = 0) -> float:
     """GB/s of flash_attn_with_kvcache; raises NotImplementedError where the build lacks the feature."""
-    return gbps(p.bytes_moved(), graph_ms(decode_calls(fa3, p, bufs, page_size, pack_gqa)))
+    return gbps(p.bytes_moved(), graph_ms(decode_calls(fa3, p, bufs, page_size, pack_gqa, num_splits)))
 
 
 def measure_cudnn(p: Point, bufs: list[Buffers]) -> float | None:
@@ -249,7 +251,7 @@ def run_point(fa3, p: Point, page_sizes: list[int], copy: float, device: str, da
     best = [max(a, b) for a, b in zip(first, best_of_rounds(rates, rounds - 1))]
     if cudnn is not None:
         cudnn = best.pop(0)
-    per_page = len(best) // max(1, len(kept_pages))
+    per_page = 1 if p.q_len == 1 else 2  # packed, then unpacked (page_rates)
     rows = []
     for i, page_size in enumerate(kept_pages):
         ours, *unpacked = best[i * per_page:(i + 1) * per_page]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bench_decode import paged, random_page_table
 from bench_prefill import load_kernel, median_ms, run_context
 from bench_table import write_table
 
@@ -75,9 +76,8 @@ def attention_call(fa3, q, qv, k, v, out, causal: bool, page_size: int):
     if not page_size:
         return partial(fa3.flash_attn_func, q, k, v, qv=qv, causal=causal, out=out, num_splits=0)
     batch, sk = k.shape[:2]
-    pages = batch * sk // page_size
-    k_cache, v_cache = (x.view(pages, page_size, *x.shape[2:]) for x in (k, v))
-    page_table = torch.randperm(pages, device="cuda").to(torch.int32).view(batch, sk // page_size)
+    k_cache, v_cache = paged(k, page_size), paged(v, page_size)
+    page_table = random_page_table(batch, sk, page_size)
     seqlens = torch.full((batch,), sk, device="cuda", dtype=torch.int32)
     return partial(fa3.flash_attn_with_kvcache, q, k_cache, v_cache, qv=qv, cache_seqlens=seqlens,
                    page_table=page_table, causal=causal, out=out, num_splits=0)

@@ -21,15 +21,6 @@ import bench_decode as bd
 from bench_table import best_of_rounds, versions_line
 
 
-def split_rate(fa3, p: bd.Point, bufs: list[bd.Buffers], page_size: int, splits: int) -> float:
-    seqlens = torch.full((p.batch,), p.seqlen_k, device="cuda", dtype=torch.int32)
-    table = bd.random_page_table(p, page_size) if page_size else None
-    calls = [partial(fa3.flash_attn_with_kvcache, b.q, *(bd.paged(x, page_size) if page_size else x for x in (b.k, b.v)),
-                     cache_seqlens=seqlens, page_table=table, causal=True, out=b.out, num_splits=splits)
-             for b in bufs]
-    return bd.gbps(p.bytes_moved(), bd.graph_ms(calls))
-
-
 def cudnn_rate(p: bd.Point, bufs: list[bd.Buffers]) -> float:
     """cuDNN on the unpaged cache; 0 where it refuses the shape (the reason goes to stderr)."""
     return bd.measure_cudnn(p, bufs) or 0.0
@@ -52,7 +43,7 @@ def main() -> int:
                 p = bd.Point(batch, seqlen_k, hq, hkv)
                 bufs = bd.make_buffers(p)
                 for page_size in bd.parse_ints(args.page_sizes):
-                    rates = [partial(split_rate, fa3, p, bufs, page_size, s) for s in splits]
+                    rates = [partial(bd.measure_ours, fa3, p, bufs, page_size, num_splits=s) for s in splits]
                     peer = [partial(cudnn_rate, p, bufs)] if page_size == 0 else []
                     best = best_of_rounds(peer + rates, 2)
                     head = f"cudnn {best.pop(0):.0f} | " if peer else ""
