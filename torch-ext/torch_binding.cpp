@@ -105,21 +105,26 @@ int planned_block_n(const sgl_fa3::FwdKernels& kernels, const sgl_fa3::Plan& pla
                                                        : kernels.prefill.block_n;
 }
 
-// Key splits of the Hopper absorbed-MLA tile, in its own key blocks: the same planner with that
-// tile's shape (the planned GQA packing kept), or a precomputed plan (get_scheduler_metadata,
+// The planner's inputs with one tile for every tile kind (the Hopper family's).
+sgl_fa3::PlanInputs with_tile(sgl_fa3::PlanInputs in, const sgl_fa3::FwdKernel& tile) {
+  in.prefill = in.short_query = in.decode = tile_shape(tile);
+  return in;
+}
+
+// Key splits of the Hopper absorbed-MLA tile, in its own key blocks (in: with_tile of that tile):
+// the same planner (the planned GQA packing kept), or a precomputed plan (get_scheduler_metadata,
 // counted in the portable tile's blocks) carried over at the same keys per split.
-sgl_fa3::Plan hopper_split_plan(sgl_fa3::PlanInputs in, const sgl_fa3::Plan& plan, const sgl_fa3::FwdKernel& tile,
-                                int planned_block_n, int64_t n_blocks_per_split) {
-  const sgl_fa3::TileShape shape = tile_shape(tile);
+sgl_fa3::Plan hopper_split_plan(sgl_fa3::PlanInputs in, const sgl_fa3::Plan& plan, int planned_block_n,
+                                int64_t n_blocks_per_split) {
   if (n_blocks_per_split <= 0) {
-    in.prefill = in.short_query = in.decode = shape;
     in.pack_gqa = plan.pack_gqa ? 1 : 0;
     return sgl_fa3::plan_forward(in);
   }
   sgl_fa3::Plan split = plan;
+  const int block_n = in.prefill.block_n;
   const int64_t keys_per_split = n_blocks_per_split * planned_block_n;
-  const int n_blocks = std::max(sgl_fa3::ceil_div(in.max_seqlen_k, shape.block_n), 1);
-  split.set_splits(sgl_fa3::split_layout(n_blocks, sgl_fa3::ceil_div(keys_per_split, shape.block_n)));
+  const int n_blocks = std::max(sgl_fa3::ceil_div(in.max_seqlen_k, block_n), 1);
+  split.set_splits(sgl_fa3::split_layout(n_blocks, sgl_fa3::ceil_div(keys_per_split, block_n)));
   split.use_combine = in.deterministic || split.num_splits > 1;
   return split;
 }
@@ -361,9 +366,10 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   STD_TORCH_CHECK(request != BackendRequest::kSm90 || sm90_blocker == nullptr,
                   "SGL_FLASH_ATTN3_BACKEND=sm90 cannot run this call: ", sm90_blocker);
   if (request != BackendRequest::kPortable && sm90_blocker == nullptr) {
-    const sgl_fa3::Plan split = qv.has_value() ? hopper_split_plan(plan_inputs, plan, sm90->prefill,
-                                                                   planned_block_n(kernels, plan), n_blocks_per_split)
-                                               : sgl_fa3::Plan{1, 0, plan.pack_gqa, plan.tile, false};
+    const sgl_fa3::PlanInputs hopper_inputs = with_tile(plan_inputs, sm90->prefill);
+    const sgl_fa3::Plan split =
+        qv.has_value() ? hopper_split_plan(hopper_inputs, plan, planned_block_n(kernels, plan), n_blocks_per_split)
+                       : sgl_fa3::Plan{1, 0, plan.pack_gqa, plan.tile, false};
     p.pack_gqa = plan.pack_gqa;
     p.num_splits = split.num_splits;
     p.n_blocks_per_split = split.n_blocks_per_split;
@@ -376,9 +382,8 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
     p.tile_counter = static_cast<int*>(counter.data_ptr());
     check_launch(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream), "tile counter reset");
     // The persistent grid does not trigger its dependents early: no programmatic launch.
-    const sgl_fa3::SplitMerge merge =
-        split.use_combine ? sgl_fa3::SplitMerge::kCombineKernel : sgl_fa3::SplitMerge::kNone;
-    launch_forward(sm90->prefill, p, q, merge, head_dim_v, false, device, stream);
+    launch_forward(sm90->prefill, p, q, sgl_fa3::split_merge(hopper_inputs, split), head_dim_v, false, device,
+                   stream);
     return;
   }
   const sgl_fa3::FwdKernel& kernel = plan.tile == sgl_fa3::TileKind::kDecode       ? kernels.decode
