@@ -64,8 +64,10 @@ struct PlanTuning {
   // batch 8 x 1k / 8k / 32k 1.032 / 1.035 / 1.008, batch 4 x 8k / 32k 1.016 / 1.019, MHA 32/32
   // batch 2 x 1k / 8k 1.031 / 1.023; the other points at batch 1-16 within -0.6..+1.7%). With
   // more CTAs than that, splitting gains less than the partials cost (batch 16 GQA x 1k, above).
-  // Measured on the portable decode tile only: the short-query tile and the Hopper absorbed-MLA
-  // tile (one CTA per SM, which its split layout was measured with) keep one per SM.
+  // The short-query tile likewise (q_len 8, GQA 32/8, unpaged, against one per SM: batch 1-8 x
+  // 8k / 32k 1.09-1.21, x 1k 0.985-1.06, batch 16 unsplit either way; geomean 1.087 over batch
+  // 1-16 x 1k-32k). Tiles that do not merge their own splits (the Hopper absorbed-MLA tile, one
+  // CTA per SM, which its split layout was measured with) keep one per SM.
   static constexpr int kTargetCtasPerSmFewTiles = 2;
   // A split of fewer key blocks is all ramp (batch 1 GQA x 1k: 8 splits of 2 blocks 386 GB/s,
   // 16 splits of 1 block 383, 2 splits of 8 blocks 287).
@@ -125,8 +127,7 @@ inline Plan plan_forward(const PlanInputs& in) {
   if (in.num_splits > 1) {
     splits = std::min({in.num_splits, n_blocks, kMaxSplits});
   } else if (in.num_splits == 0) {
-    const bool few_tiles =
-        plan.tile == TileKind::kDecode && shape.merges_splits && 2 * ctas <= int64_t(in.num_sms);
+    const bool few_tiles = shape.merges_splits && 2 * ctas <= int64_t(in.num_sms);
     const int per_sm = in.paged    ? PlanTuning::kTargetCtasPerSmPaged
                        : few_tiles ? PlanTuning::kTargetCtasPerSmFewTiles
                                    : PlanTuning::kTargetCtasPerSm;

@@ -109,12 +109,13 @@ def test_a_tile_that_does_not_merge_its_splits_targets_one_cta_per_sm(planner):
     assert plan.num_splits * call.heads_k <= call.num_sms < (plan.num_splits + 1) * call.heads_k
 
 
-def test_short_queries_split_to_one_cta_per_sm(planner):
-    """8 query rows x 4 heads per KV head: 32 rows, the short-query tile."""
-    call = Call(batch=1, seqlen_q=8, seqlen_k=32768)
-    plan = planner(call)
-    assert plan.tile == SHORT_QUERY
-    assert plan.num_splits * call.heads_k <= call.num_sms < (plan.num_splits + 1) * call.heads_k
+@pytest.mark.parametrize("batch, splits", [(1, 32), (8, 4), (9, 1)])
+def test_short_queries_split_like_decode(planner, batch, splits):
+    """8 query rows x 4 heads per KV head: 32 rows, the short-query tile. Up to two CTAs per SM
+    while the unsplit grid leaves half the SMs idle (batch 1: 264 / 8 = 33 splits wanted, 512
+    key blocks in splits of 16 give 32), unsplit above that."""
+    plan = planner(Call(batch=batch, seqlen_q=8, seqlen_k=32768))
+    assert (plan.tile, plan.num_splits) == (SHORT_QUERY, splits)
 
 
 def test_num_splits_1_never_splits(planner):
