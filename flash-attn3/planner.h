@@ -44,6 +44,12 @@ struct Plan {
     n_blocks_per_split = layout.n_blocks_per_split;
     num_splits = layout.num_splits;
   }
+  // The splits of a precomputed plan (get_scheduler_metadata): partials whenever it has more
+  // than one split, and always in deterministic mode.
+  void set_precomputed_splits(const SplitLayout& layout, bool deterministic) {
+    set_splits(layout);
+    use_combine = deterministic || num_splits > 1;
+  }
 };
 
 // Tuning table (reasons next to each value).
@@ -51,7 +57,7 @@ struct PlanTuning {
   // Split until every SM has one CTA, never more (floor of num_sms / ctas): on an H100 (bf16
   // d128, q_len 1, GQA 32/8 and MHA 32/32) one CTA per SM beats two for unpaged k/v once the
   // unsplit grid fills half the SMs (batch 16 GQA x 1k: 1 split 2306 GB/s vs 2 splits 2014;
-  // batch 4 MHA x 1k: 2389 vs 2052; smaller decode grids: kTargetCtasPerSmFewTiles), and a grid a
+  // batch 4 MHA x 1k: 2389 vs 2052; smaller grids: kTargetCtasPerSmFewTiles), and a grid a
   // few CTAs over the SM count leaves those SMs with two CTAs and a tail (batch 1 GQA x 32k: 16
   // splits = 128 CTAs 2370 GB/s, 17 splits = 136 CTAs 2036).
   static constexpr int kTargetCtasPerSm = 1;

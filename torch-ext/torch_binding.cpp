@@ -124,8 +124,8 @@ sgl_fa3::Plan hopper_split_plan(sgl_fa3::PlanInputs in, const sgl_fa3::Plan& pla
   const int block_n = in.prefill.block_n;
   const int64_t keys_per_split = n_blocks_per_split * planned_block_n;
   const int n_blocks = std::max(sgl_fa3::ceil_div(in.max_seqlen_k, block_n), 1);
-  split.set_splits(sgl_fa3::split_layout(n_blocks, sgl_fa3::ceil_div(keys_per_split, block_n)));
-  split.use_combine = in.deterministic || split.num_splits > 1;
+  split.set_precomputed_splits(sgl_fa3::split_layout(n_blocks, sgl_fa3::ceil_div(keys_per_split, block_n)),
+                               in.deterministic);
   return split;
 }
 
@@ -342,9 +342,7 @@ void fwd(Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, OptTensor
   sgl_fa3::Plan plan = sgl_fa3::plan_forward(plan_inputs);
   if (n_blocks_per_split > 0) {  // a precomputed plan (get_scheduler_metadata)
     STD_TORCH_CHECK(num_splits >= 1, "a precomputed plan needs num_splits >= 1");
-    plan.num_splits = int(num_splits);
-    plan.n_blocks_per_split = int(n_blocks_per_split);
-    plan.use_combine = deterministic || num_splits > 1;
+    plan.set_precomputed_splits({int(n_blocks_per_split), int(num_splits)}, deterministic);
   }
   // The Hopper family runs prefill tiles without split-KV over dense, packed or paged k/v
   // (check_attn_tensor's alignment makes every tensor TMA-addressable; paged rows are
