@@ -315,7 +315,7 @@ def ints(values):
 
 
 # Page sizes of single rows, smaller than a key block, not powers of two, or spanning blocks.
-PAGE_SIZES = [1, 4, 8, 12, 16, 24, 64, 256]
+PAGE_SIZES = [1, 4, 8, 12, 16, 24, 32, 64, 256]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

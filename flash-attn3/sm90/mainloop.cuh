@@ -43,6 +43,11 @@ struct TmaDescriptors {
                                       Shape<Int<Traits::kBlockN>, Int<Traits::kD>>{}, _1{}));
   using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, take<0, 2>(typename Traits::SmemLayoutV{}),
                                       Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{}));
+  // Paged K/V: (page_size, d, heads, pages) pools read kPageBox rows of one page at a time.
+  using TmaKPage = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, typename Traits::SmemLayoutKBox{},
+                                          Shape<Int<Traits::kPageBox>, Int<Traits::kD>>{}, _1{}));
+  using TmaVPage = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, typename Traits::SmemLayoutVBox{},
+                                          Shape<Int<Traits::kPageBox>, Int<Traits::kDV>>{}, _1{}));
   using TmaO = decltype(make_tma_copy(SM90_TMA_STORE{}, GmemTensorOut{}, typename Traits::SmemLayoutOBox{}));
   using TmaQv = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, typename Traits::SmemLayoutQv{},
                                        Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{}, _1{}));
@@ -50,6 +55,8 @@ struct TmaDescriptors {
   TmaQv qv;  // absorbed-MLA tiles only
   TmaK k;
   TmaV v;
+  TmaKPage k_page;  // paged K/V whose page size is a multiple of kPageBox
+  TmaVPage v_page;
   TmaO o;
 };
 
@@ -193,11 +200,54 @@ struct Mainloop {
     Tensor tVg = get<0>(part_v);
     Tensor tVs = get<1>(part_v);
 
+    // Paged: kPageBox-row boxes of (kPageBox, d, page_size / kPageBox, pages) pool tiles into
+    // (kPageBox, d, boxes per block, stages) shared-memory boxes. A box past the last key reads
+    // page `pages` (past the pool: TMA zero-fills it).
+    const bool paged = p.page_table != nullptr;
+    constexpr int kBoxes = kBlockN / Traits::kPageBox;
+    const int* pages = p.page_table + int64_t(w.batch) * p.page_table_batch_stride;
+    const auto box_tiles = [&](const auto& tma_page, auto cols, Element* s_base, auto smem_layout) {
+      constexpr int kCols = decltype(cols)::value;
+      Tensor mPool = tma_page.get_tma_tensor(gmem_shape(p.k_tensor_rows, kCols, p.num_heads_k, p.k_tensor_batch));
+      Tensor gBox = local_tile(mPool(_, _, w.head_kv, _), Shape<Int<Traits::kPageBox>, Int<kCols>>{},
+                               make_coord(_, _0{}, _));  // (box rows, cols, boxes per page, pages)
+      Tensor sBox = flat_divide(make_tensor(make_smem_ptr(s_base), smem_layout),
+                                Shape<Int<Traits::kPageBox>, Int<kCols>>{});  // (box rows, cols, boxes, 1, stages)
+      return tma_partition(tma_page, _0{}, Layout<_1>{}, group_modes<0, 2>(sBox), group_modes<0, 2>(gBox));
+    };
+    const auto load_boxes = [&](const auto& tma_page, const auto& part, Pipeline& pipe, int n,
+                                const PipelineState& st) {
+      pipe.producer_acquire(st);
+      if (thread != 0) return;
+      int page[kBoxes];  // every lookup in flight before the first copy
+      CUTE_UNROLL
+      for (int b = 0; b < kBoxes; ++b) {
+        const int key = n * kBlockN + b * Traits::kPageBox;
+        page[b] = key < w.seq.seqlen_k ? pages[key / p.page_size] : p.k_tensor_batch;
+      }
+      CUTE_UNROLL
+      for (int b = 0; b < kBoxes; ++b) {
+        const int row_box = (n * kBlockN + b * Traits::kPageBox) % p.page_size / Traits::kPageBox;
+        copy(tma_page.with(*pipe.producer_get_barrier(st), 0), get<0>(part)(_, row_box, page[b]),
+             get<1>(part)(_, b, _0{}, st.index()));
+      }
+    };
+
     auto load_k = [&](int n, const PipelineState& st) {
+      if (paged) {
+        load_boxes(tma.k_page, box_tiles(tma.k_page, Int<kD>{}, smem.k.data(), typename Traits::SmemLayoutK{}),
+                   pipe_k, n, st);
+        return;
+      }
       pipe_k.producer_acquire(st);
       if (thread == 0) copy(tma.k.with(*pipe_k.producer_get_barrier(st), 0), tKg(_, n), tKs(_, st.index()));
     };
     auto load_v = [&](int n, const PipelineState& st) {
+      if (paged) {
+        load_boxes(tma.v_page, box_tiles(tma.v_page, Int<kDV>{}, smem.v.data(), typename Traits::SmemLayoutV{}),
+                   pipe_v, n, st);
+        return;
+      }
       pipe_v.producer_acquire(st);
       if (thread == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(st), 0), tVg(_, n), tVs(_, st.index()));
     };
@@ -425,8 +475,10 @@ struct Mainloop {
     load_v(w.n_block_min);
   }
 
-  // Paged K/V are gathered with cp.async (no TMA box spans scattered rows).
-  static __host__ __device__ bool gathers(const FwdParams& p) { return p.page_table != nullptr; }
+  // Paged K/V are gathered with cp.async unless every page holds whole kPageBox-row boxes.
+  static __host__ __device__ bool gathers(const FwdParams& p) {
+    return p.page_table != nullptr && p.page_size % Traits::kPageBox != 0;
+  }
   // Every producer thread copies rows (paged K/V or packed GQA Q); otherwise one warp issues TMA.
   static __host__ __device__ bool whole_producer_group(const FwdParams& p) { return gathers(p) || p.pack_gqa; }
 
@@ -478,7 +530,9 @@ struct Mainloop {
   // zero-fills them, as the gather does its rows past the last key.
   static __device__ int v_rows_valid(const Work& w) { return w.seq.seqlen_k - (w.n_block_max - 1) * kBlockN; }
   static __device__ bool v_tail_needs_zero(const FwdParams& p, const Work& w) {
-    return !gathers(p) && v_rows_valid(w) < kBlockN && w.seq.k_start + w.seq.seqlen_k < p.k_tensor_rows;
+    // (A page's rows past the last key hold whatever the pool held.)
+    return !gathers(p) && v_rows_valid(w) < kBlockN &&
+           (p.page_table != nullptr || w.seq.k_start + w.seq.seqlen_k < p.k_tensor_rows);
   }
   // The producer zeroes it, except on the absorbed-MLA tile: there the first wgmma (Q K^T +
   // Qv V^T) already reads V, and group 0 zeroes the tail after it (zero_v_tail), off that path.

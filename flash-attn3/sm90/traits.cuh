@@ -108,6 +108,17 @@ struct Traits {
       decltype(tile_to_shape(k_major_atom<Element, kD>(), Shape<Int<kBlockN>, Int<kD>, Int<kStages>>{}));
   using SmemLayoutV =
       decltype(tile_to_shape(k_major_atom<Element, kDV>(), Shape<Int<kBlockN>, Int<kDV>, Int<kStages>>{}));
+  // Paged K/V by TMA: a key block arrives as kBlockN / kPageBox boxes of kPageBox rows, each from
+  // its own page (page sizes that are multiples of kPageBox; other sizes are gathered). A box's
+  // shared-memory layout is the first kPageBox rows of a stage (SmemLayoutK/V tile their atoms
+  // rows first, so box b of a stage is the same layout kPageBox rows further on).
+  static constexpr int kPageBox = kBlockN % 64 == 0 ? 64 : kBlockN % 32 == 0 ? 32 : 16;
+  static_assert(kBlockN % kPageBox == 0, "key blocks are whole page boxes");
+  template <class StageLayout, int kCols>
+  using BoxOf = decltype(composition(take<0, 2>(StageLayout{}),
+                                     make_layout(Shape<Int<kPageBox>, Int<kCols>>{}, make_stride(_1{}, Int<kBlockN>{}))));
+  using SmemLayoutKBox = BoxOf<SmemLayoutK, kD>;
+  using SmemLayoutVBox = BoxOf<SmemLayoutV, kDV>;
   // The same V bytes as (kDV, kBlockN, stages): the MN-major B operand of P.V.
   using SmemLayoutVt = decltype(composition(
       SmemLayoutV{}, make_ordered_layout(Shape<Int<kDV>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
