@@ -215,9 +215,8 @@ struct Mainloop {
                                 Shape<Int<Traits::kPageBox>, Int<kCols>>{});  // (box rows, cols, boxes, 1, stages)
       return tma_partition(tma_page, _0{}, Layout<_1>{}, group_modes<0, 2>(sBox), group_modes<0, 2>(gBox));
     };
-    const auto load_boxes = [&](const auto& tma_page, const auto& part, Pipeline& pipe, int n,
-                                const PipelineState& st) {
-      pipe.producer_acquire(st);
+    // Thread 0 copies block n's boxes into stage `stage`, completing on `barrier`.
+    const auto copy_boxes = [&](const auto& tma_page, const auto& part, uint64_t* barrier, int n, int stage) {
       if (thread != 0) return;
       int page[kBoxes];  // every lookup in flight before the first copy
       CUTE_UNROLL
@@ -228,28 +227,25 @@ struct Mainloop {
       CUTE_UNROLL
       for (int b = 0; b < kBoxes; ++b) {
         const int row_box = (n * kBlockN + b * Traits::kPageBox) % p.page_size / Traits::kPageBox;
-        copy(tma_page.with(*pipe.producer_get_barrier(st), 0), get<0>(part)(_, row_box, page[b]),
-             get<1>(part)(_, b, _0{}, st.index()));
+        copy(tma_page.with(*barrier, 0), get<0>(part)(_, row_box, page[b]), get<1>(part)(_, b, _0{}, stage));
       }
+    };
+    const auto k_boxes = [&] {
+      return box_tiles(tma.k_page, Int<kD>{}, smem.k.data(), typename Traits::SmemLayoutK{});
+    };
+    const auto v_boxes = [&] {
+      return box_tiles(tma.v_page, Int<kDV>{}, smem.v.data(), typename Traits::SmemLayoutV{});
     };
 
     auto load_k = [&](int n, const PipelineState& st) {
-      if (paged) {
-        load_boxes(tma.k_page, box_tiles(tma.k_page, Int<kD>{}, smem.k.data(), typename Traits::SmemLayoutK{}),
-                   pipe_k, n, st);
-        return;
-      }
       pipe_k.producer_acquire(st);
-      if (thread == 0) copy(tma.k.with(*pipe_k.producer_get_barrier(st), 0), tKg(_, n), tKs(_, st.index()));
+      if (paged) copy_boxes(tma.k_page, k_boxes(), pipe_k.producer_get_barrier(st), n, st.index());
+      else if (thread == 0) copy(tma.k.with(*pipe_k.producer_get_barrier(st), 0), tKg(_, n), tKs(_, st.index()));
     };
     auto load_v = [&](int n, const PipelineState& st) {
-      if (paged) {
-        load_boxes(tma.v_page, box_tiles(tma.v_page, Int<kDV>{}, smem.v.data(), typename Traits::SmemLayoutV{}),
-                   pipe_v, n, st);
-        return;
-      }
       pipe_v.producer_acquire(st);
-      if (thread == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(st), 0), tVg(_, n), tVs(_, st.index()));
+      if (paged) copy_boxes(tma.v_page, v_boxes(), pipe_v.producer_get_barrier(st), n, st.index());
+      else if (thread == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(st), 0), tVg(_, n), tVs(_, st.index()));
     };
     auto load_kv = [&](int n) {
       load_k(n, state);
@@ -263,10 +259,9 @@ struct Mainloop {
     uint64_t* tail_loaded = &smem.v_tail_loaded;
     auto issue_v_tail = [&](int n, const PipelineState& st) {
       smem.pipe_v.empty_barrier_[st.index()].wait(st.phase());
-      if (thread == 0) {
-        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(tail_loaded, Traits::kBytesV);
-        copy(tma.v.with(*tail_loaded, 0), tVg(_, n), tVs(_, st.index()));
-      }
+      if (thread == 0) cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(tail_loaded, Traits::kBytesV);
+      if (paged) copy_boxes(tma.v_page, v_boxes(), tail_loaded, n, st.index());
+      else if (thread == 0) copy(tma.v.with(*tail_loaded, 0), tVg(_, n), tVs(_, st.index()));
     };
     auto finish_v_tail = [&](const PipelineState& st) {
       cutlass::arch::ClusterBarrier::wait(tail_loaded, v_tails++ & 1);
