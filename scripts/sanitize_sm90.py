@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Representative calls of the Hopper family (every tile shape class: ping-pong groups, three
 groups, three K/V stages, O staged in Q's bytes, window, causal, varlen with empty sequences,
-sinks, paged k/v gathered with cp.async, GQA heads packed into the tile rows with Q gathered by
-cp.async, the absorbed-MLA tile with qv, its groups handing P over through shared memory, and its
+sinks, paged k/v gathered with cp.async or loaded in page boxes by TMA, GQA heads packed into the
+tile rows with Q gathered by cp.async, the absorbed-MLA tile with qv, its groups handing P over through shared memory, and its
 key splits; and grids of more tiles than SMs)
 for running under compute-sanitizer, without the reference (whose host code the tools slow down):
 
@@ -50,9 +50,10 @@ def main() -> None:
     q, k, v = randn(sum(lq), 4, 128), randn(sum(lk), 2, 128), randn(sum(lk), 2, 128)
     sinks = torch.randn(4, device="cuda")
     fa3.flash_attn_varlen_func(q, k, v, cu_seqlens(lq), cu_seqlens(lk), max(lq), max(lk), causal=True, sinks=sinks)
-    # Paged pools (pages in reverse order; 1 to 64 keys, 12 not a power of two) with 128- and
-    # 64-byte swizzled rows and uneven row groups per producer warp.
-    for d, page_size in ((128, 1), (64, 12), (96, 16), (256, 64), (192, 8)):
+    # Paged pools (pages in reverse order; 1 to 256 keys, 12 not a power of two) with 128- and
+    # 64-byte swizzled rows and uneven row groups per producer warp; pages of 64 (d128, d256)
+    # and 256 (d192) load by TMA.
+    for d, page_size in ((128, 1), (64, 12), (96, 16), (256, 64), (192, 8), (128, 64), (192, 256)):
         lq, lk = [200, 17, 300], [300, 0, 517]
         pages = [max(1, -(-n // page_size)) for n in lk]
         table = torch.zeros(len(lk), max(pages), dtype=torch.int32, device="cuda")
