@@ -2,8 +2,8 @@
 """Representative calls of the Hopper family (every tile shape class: ping-pong groups, three
 groups, three K/V stages, O staged in Q's bytes, window, causal, varlen with empty sequences,
 sinks, paged k/v gathered with cp.async or loaded in page boxes by TMA, GQA heads packed into the
-tile rows with Q gathered by cp.async, the absorbed-MLA tile with qv, its groups handing P over through shared memory, and its
-key splits; and grids of more tiles than SMs)
+tile rows with Q gathered by cp.async, the absorbed-MLA tile with qv, its groups handing P over
+through shared memory, and its key splits; and grids of more tiles than SMs)
 for running under compute-sanitizer, without the reference (whose host code the tools slow down):
 
     compute-sanitizer --tool racecheck python scripts/sanitize_sm90.py
