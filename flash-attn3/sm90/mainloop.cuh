@@ -215,15 +215,23 @@ struct Mainloop {
                                 Shape<Int<Traits::kPageBox>, Int<kCols>>{});  // (box rows, cols, boxes, 1, stages)
       return tma_partition(tma_page, _0{}, Layout<_1>{}, group_modes<0, 2>(sBox), group_modes<0, 2>(gBox));
     };
-    // Thread 0 copies block n's boxes into stage `stage`, completing on `barrier`.
-    const auto copy_boxes = [&](const auto& tma_page, const auto& part, uint64_t* barrier, int n, int stage) {
-      if (thread != 0) return;
-      int page[kBoxes];  // every lookup in flight before the first copy
+    // Block n's page per box, looked up by thread 0 before the stage's acquire so that the
+    // page-table loads overlap that wait. A box past the last key reads page `pages`.
+    using BoxPages = cute::array<int, kBoxes>;
+    const auto look_up = [&](int n) {
+      BoxPages page{};
+      if (!paged || thread != 0) return page;
       CUTE_UNROLL
       for (int b = 0; b < kBoxes; ++b) {
         const int key = n * kBlockN + b * Traits::kPageBox;
         page[b] = key < w.seq.seqlen_k ? pages[key / p.page_size] : p.k_tensor_batch;
       }
+      return page;
+    };
+    // Thread 0 copies block n's boxes into stage `stage`, completing on `barrier`.
+    const auto copy_boxes = [&](const auto& tma_page, const auto& part, uint64_t* barrier, int n, int stage,
+                                const BoxPages& page) {
+      if (thread != 0) return;
       CUTE_UNROLL
       for (int b = 0; b < kBoxes; ++b) {
         const int row_box = (n * kBlockN + b * Traits::kPageBox) % p.page_size / Traits::kPageBox;
@@ -237,19 +245,20 @@ struct Mainloop {
       return box_tiles(tma.v_page, Int<kDV>{}, smem.v.data(), typename Traits::SmemLayoutV{});
     };
 
-    auto load_k = [&](int n, const PipelineState& st) {
+    auto load_k = [&](int n, const PipelineState& st, const BoxPages& page) {
       pipe_k.producer_acquire(st);
-      if (paged) copy_boxes(tma.k_page, k_boxes(), pipe_k.producer_get_barrier(st), n, st.index());
+      if (paged) copy_boxes(tma.k_page, k_boxes(), pipe_k.producer_get_barrier(st), n, st.index(), page);
       else if (thread == 0) copy(tma.k.with(*pipe_k.producer_get_barrier(st), 0), tKg(_, n), tKs(_, st.index()));
     };
-    auto load_v = [&](int n, const PipelineState& st) {
+    auto load_v = [&](int n, const PipelineState& st, const BoxPages& page) {
       pipe_v.producer_acquire(st);
-      if (paged) copy_boxes(tma.v_page, v_boxes(), pipe_v.producer_get_barrier(st), n, st.index());
+      if (paged) copy_boxes(tma.v_page, v_boxes(), pipe_v.producer_get_barrier(st), n, st.index(), page);
       else if (thread == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(st), 0), tVg(_, n), tVs(_, st.index()));
     };
     auto load_kv = [&](int n) {
-      load_k(n, state);
-      load_v(n, state);
+      const BoxPages page = look_up(n);
+      load_k(n, state, page);
+      load_v(n, state, page);
       ++state;
     };
     // The block that holds the last key, when its V rows past that key are not zero-filled by TMA
@@ -257,10 +266,10 @@ struct Mainloop {
     // those rows, and only then completes the stage's full barrier (one plain arrive: the stage
     // is not armed with transaction bytes), so the consumers see the tail already zeroed.
     uint64_t* tail_loaded = &smem.v_tail_loaded;
-    auto issue_v_tail = [&](int n, const PipelineState& st) {
+    auto issue_v_tail = [&](int n, const PipelineState& st, const BoxPages& page) {
       smem.pipe_v.empty_barrier_[st.index()].wait(st.phase());
       if (thread == 0) cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(tail_loaded, Traits::kBytesV);
-      if (paged) copy_boxes(tma.v_page, v_boxes(), tail_loaded, n, st.index());
+      if (paged) copy_boxes(tma.v_page, v_boxes(), tail_loaded, n, st.index(), page);
       else if (thread == 0) copy(tma.v.with(*tail_loaded, 0), tVg(_, n), tVs(_, st.index()));
     };
     auto finish_v_tail = [&](const PipelineState& st) {
@@ -278,15 +287,17 @@ struct Mainloop {
       // Neither Q nor the next K waits for the tail: the consumers need K of block n - 1 right
       // after block n's softmax, V of block n only for its P.V.
       const PipelineState tail = state;
-      load_k(n, tail);
-      issue_v_tail(n, tail);
+      const BoxPages tail_pages = look_up(n);
+      load_k(n, tail, tail_pages);
+      issue_v_tail(n, tail, tail_pages);
       ++state;
       if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
       const bool more = n - 1 >= w.n_block_min;
-      if (more) load_k(n - 1, state);
+      const BoxPages next_pages = more ? look_up(n - 1) : BoxPages{};
+      if (more) load_k(n - 1, state, next_pages);
       finish_v_tail(tail);
       if (more) {
-        load_v(n - 1, state);
+        load_v(n - 1, state, next_pages);
         ++state;
         --n;
       }
