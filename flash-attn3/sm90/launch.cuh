@@ -106,28 +106,22 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                                      p.qv_row_stride, p.qv_head_stride, p.qv_batch_stride),
                                 typename Traits::SmemLayoutQv{}, Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{}, _1{});
   }
-  if (p.page_table && !Mainloop<Traits>::gathers(p)) {  // pages of whole boxes: (page_size, d, heads, pages)
-    args.tma.k_page = make_tma_copy(SM90_TMA_LOAD{},
-                                    gmem(p.k, p.k_tensor_rows, Traits::kD, p.num_heads_k, p.k_tensor_batch,
-                                         p.k_row_stride, p.k_head_stride, p.k_batch_stride),
-                                    typename Traits::SmemLayoutKBox{},
-                                    Shape<Int<Traits::kPageBox>, Int<Traits::kD>>{}, _1{});
-    args.tma.v_page = make_tma_copy(SM90_TMA_LOAD{},
-                                    gmem(p.v, p.k_tensor_rows, Traits::kDV, p.num_heads_k, p.k_tensor_batch,
-                                         p.v_row_stride, p.v_head_stride, p.v_batch_stride),
-                                    typename Traits::SmemLayoutVBox{},
-                                    Shape<Int<Traits::kPageBox>, Int<Traits::kDV>>{}, _1{});
-  } else if (!Mainloop<Traits>::gathers(p)) {  // gathered K/V rows need no K/V descriptors
-    args.tma.k = make_tma_copy(SM90_TMA_LOAD{},
-                               gmem(p.k, p.k_tensor_rows, Traits::kD, p.num_heads_k, p.k_tensor_batch, p.k_row_stride,
-                                    p.k_head_stride, p.k_batch_stride),
-                               take<0, 2>(typename Traits::SmemLayoutK{}),
-                               Shape<Int<Traits::kBlockN>, Int<Traits::kD>>{}, _1{});
-    args.tma.v = make_tma_copy(SM90_TMA_LOAD{},
-                               gmem(p.v, p.k_tensor_rows, Traits::kDV, p.num_heads_k, p.k_tensor_batch, p.v_row_stride,
-                                    p.v_head_stride, p.v_batch_stride),
-                               take<0, 2>(typename Traits::SmemLayoutV{}),
-                               Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{});
+  if (!Mainloop<Traits>::gathers(p)) {  // gathered K/V rows need no K/V descriptors
+    const auto gK = gmem(p.k, p.k_tensor_rows, Traits::kD, p.num_heads_k, p.k_tensor_batch, p.k_row_stride,
+                         p.k_head_stride, p.k_batch_stride);
+    const auto gV = gmem(p.v, p.k_tensor_rows, Traits::kDV, p.num_heads_k, p.k_tensor_batch, p.v_row_stride,
+                         p.v_head_stride, p.v_batch_stride);
+    if (p.page_table) {  // pages of whole boxes, the pool read as (page_size, d, heads, pages)
+      args.tma.k_page = make_tma_copy(SM90_TMA_LOAD{}, gK, typename Traits::SmemLayoutKBox{},
+                                      Shape<Int<Traits::kPageBox>, Int<Traits::kD>>{}, _1{});
+      args.tma.v_page = make_tma_copy(SM90_TMA_LOAD{}, gV, typename Traits::SmemLayoutVBox{},
+                                      Shape<Int<Traits::kPageBox>, Int<Traits::kDV>>{}, _1{});
+    } else {
+      args.tma.k = make_tma_copy(SM90_TMA_LOAD{}, gK, take<0, 2>(typename Traits::SmemLayoutK{}),
+                                 Shape<Int<Traits::kBlockN>, Int<Traits::kD>>{}, _1{});
+      args.tma.v = make_tma_copy(SM90_TMA_LOAD{}, gV, take<0, 2>(typename Traits::SmemLayoutV{}),
+                                 Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{});
+    }
   }
 
   const cudaError_t err = opt_in_shared_memory<&fwd_kernel<Traits>, Traits::kSmemBytes>();
