@@ -69,22 +69,48 @@ struct Epilogue {
     convert_fragment(o, out);
   }
 
+  // The group's 64 rows of O (TMA boxes of (64, kBoxCols)) from shared memory to the tensor,
+  // issued by one thread: rows 64 row_block.. of head `head` of batch row `batch` (0 for packed
+  // sequences, which start at row q_start).
+  static __device__ void issue_store(const FwdParams& p, const TmaDescriptors<Traits>& tma, Element* o_smem,
+                                     int group, int q_start, int head, int batch, int row_block) {
+    Tensor mO = tma.o.get_tma_tensor(make_shape(p.q_tensor_rows, int(kDV), p.num_heads, p.q_tensor_batch));
+    Tensor gO = local_tile(domain_offset(make_coord(q_start, _0{}), mO(_, _, head, batch)), Shape<_64, Int<kBoxCols>>{},
+                           make_coord(row_block, _));  // (64, kBoxCols, column blocks)
+#pragma unroll
+    for (int c = 0; c < kDV / kBoxCols; ++c) {
+      constexpr int kBoxElems = cosize_v<typename Traits::SmemLayoutOBox>;
+      Tensor sBox = make_tensor(make_smem_ptr(o_smem + (c * Traits::kConsumerGroups + group) * kBoxElems),
+                                typename Traits::SmemLayoutOBox{});
+      auto part = tma_partition(tma.o, _0{}, Layout<_1>{}, group_modes<0, 2>(sBox), group_modes<0, 2>(gO(_, _, c)));
+      copy(tma.o, get<1>(part), get<0>(part));
+    }
+    tma_store_arrive();
+  }
+
   // out: this thread's normalised output fragment (normalise); lse: per row of the thread.
+  // store_warp: an O-store warp takes the group's TMA stores and LSE (hand-off o_handoffs of the
+  // group; Traits::kDeferEpilogue only).
   template <class Frag, int kRows>
   static __device__ void store(const FwdParams& p, const TmaDescriptors<Traits>& tma,
                                typename Traits::SharedStorage& smem, const Work& w, int thread_idx,
-                               const Frag& out, const float (&lse)[kRows]) {
+                               const Frag& out, const float (&lse)[kRows], bool store_warp, int& o_handoffs) {
     typename Traits::TiledMmaPV mma_pv;
     auto thr = mma_pv.get_thread_slice(thread_idx);
     Element* o_smem = Traits::kOInQ ? smem.q.data() : smem.o.data();
     Tensor sO = make_tensor(make_smem_ptr(o_smem), typename Traits::SmemLayoutO{});  // (kBlockM, kDV)
     const int group = thread_idx / 128, t = thread_idx % 128;
     const bool issuer = t == 0;
-    // The group's previous O (when O has its own bytes) has been read, by the TMA store its
-    // issuer waits for or by every thread.
+    store_warp = Traits::kDeferEpilogue && store_warp;
+    // The group's previous O (when O has its own bytes) has been read: by the TMA store that the
+    // store warp or this group's issuer waited for, or by every thread.
     if constexpr (!Traits::kOInQ) {
-      if (issuer) tma_store_wait<0>();
-      cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
+      if (store_warp) {
+        smem.o_empty[group].wait((o_handoffs & 1) ^ 1);
+      } else {
+        if (issuer) tma_store_wait<0>();
+        cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
+      }
     }
     if constexpr (Traits::kOInQ) {
       copy(out, thr.partition_C(sO));
@@ -98,9 +124,28 @@ struct Epilogue {
     }
     cutlass::arch::fence_view_async_shared();  // visible to the TMA unit
 
+    // Batched rows past the tensor's end are clipped by the TMA unit; packed rows must stay
+    // within their sequence.
+    const bool packed = p.cu_seqlens_q != nullptr;
+    const bool tma_rows = !p.pack_gqa && (!packed || w.row0 + 64 * (group + 1) <= w.seq.rows_q);
     // LSE: the first thread of each quad holds its rows' values.
     Tensor coords = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDV>>{}));
     Tensor coords_rc = make_tensor(coords.data(), rowcol_layout(coords.layout()));
+    if (store_warp && tma_rows) {  // (pack_gqa has no store warp: its producers copy Q rows)
+      if (thread_idx % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < kRows; ++i) smem.o_lse[get<0>(coords_rc(i, 0))] = lse[i];
+      }
+      if (issuer) {
+        const int row0 = w.row0 + 64 * group;
+        smem.o_job[group] = OStoreJob{w.seq.lse_offset + int64_t(w.head0) * p.lse_head_stride + row0,
+                                      OStoreJob::kStore, max(min(w.last_row - row0 + 1, 64), 0), w.seq.q_start,
+                                      w.head0, packed ? 0 : w.batch, w.row0 / 64 + group};
+      }
+      smem.o_full[group].arrive();
+      ++o_handoffs;
+      return;
+    }
     if (thread_idx % 4 == 0) {
 #pragma unroll
       for (int i = 0; i < kRows; ++i) {
@@ -110,25 +155,9 @@ struct Epilogue {
     }
 
     cutlass::arch::NamedBarrier::sync(128, int(BarrierId::kEpilogue) + group);
-    // Batched rows past the tensor's end are clipped by the TMA unit; packed rows must stay
-    // within their sequence.
-    const bool packed = p.cu_seqlens_q != nullptr;
-    if (!p.pack_gqa && (!packed || w.row0 + 64 * (group + 1) <= w.seq.rows_q)) {
+    if (tma_rows) {
       if (issuer) {
-        // Boxes of (64 rows, kBoxCols).
-        Tensor mO = tma.o.get_tma_tensor(make_shape(p.q_tensor_rows, int(kDV), p.num_heads, p.q_tensor_batch));
-        Tensor gO = local_tile(domain_offset(make_coord(w.seq.q_start, _0{}), mO(_, _, w.head0, packed ? 0 : w.batch)),
-                               Shape<_64, Int<kBoxCols>>{},
-                               make_coord(w.row0 / 64 + group, _));  // (64, kBoxCols, column blocks)
-#pragma unroll
-        for (int c = 0; c < kDV / kBoxCols; ++c) {
-          constexpr int kBoxElems = cosize_v<typename Traits::SmemLayoutOBox>;
-          Tensor sBox = make_tensor(make_smem_ptr(o_smem + (c * Traits::kConsumerGroups + group) * kBoxElems),
-                                    typename Traits::SmemLayoutOBox{});
-          auto part = tma_partition(tma.o, _0{}, Layout<_1>{}, group_modes<0, 2>(sBox), group_modes<0, 2>(gO(_, _, c)));
-          copy(tma.o, get<1>(part), get<0>(part));
-        }
-        tma_store_arrive();
+        issue_store(p, tma, o_smem, group, w.seq.q_start, w.head0, packed ? 0 : w.batch, w.row0 / 64 + group);
         // O staged in Q's bytes: the next Q may only land there once the store has read them.
         if constexpr (Traits::kOInQ) tma_store_wait<0>();
       }
@@ -143,8 +172,45 @@ struct Epilogue {
       if (row <= w.last_row)
         *reinterpret_cast<uint4*>(o_row(p, w, row) + col) = *reinterpret_cast<const uint4*>(&sO(r, col));
     }
+    if (store_warp) hand_back(smem, group, issuer, OStoreJob::kRelease, o_handoffs);
   }
 
+  // A consumer group hands the O buffer to the store warp with nothing to store: after its own
+  // row stores (kRelease) or after its last tile (kExit).
+  static __device__ void hand_back(typename Traits::SharedStorage& smem, int group, bool issuer, int kind,
+                                   int& o_handoffs) {
+    if (kind == OStoreJob::kExit) smem.o_empty[group].wait((o_handoffs & 1) ^ 1);
+    if (issuer) smem.o_job[group].kind = kind;
+    smem.o_full[group].arrive();
+    ++o_handoffs;
+  }
+
+  // The O-store warp (one producer warp, Traits::kDeferEpilogue tiles): takes each group's
+  // staged rows in turn (every group hands over the same tiles), issues their TMA stores, writes
+  // their LSE, and returns the buffer once the store has read it. Off the consumers' path
+  // between two tiles.
+  static __device__ void serve(const FwdParams& p, const TmaDescriptors<Traits>& tma,
+                               typename Traits::SharedStorage& smem, int lane) {
+    if constexpr (Traits::kDeferEpilogue) {
+      for (int h = 0;; ++h) {
+        bool exit = false;
+#pragma unroll
+        for (int group = 0; group < Traits::kConsumerGroups; ++group) {
+          smem.o_full[group].wait(h & 1);
+          const OStoreJob& job = smem.o_job[group];
+          exit = job.kind == OStoreJob::kExit;
+          if (job.kind == OStoreJob::kStore) {
+            if (lane == 0) issue_store(p, tma, smem.o.data(), group, job.q_start, job.head, job.batch, job.row_block);
+            for (int r = lane; r < job.rows; r += 32) p.lse[job.lse_row0 + r] = smem.o_lse[64 * group + r];
+            if (lane == 0) tma_store_wait<0>();
+          }
+          __syncwarp();
+          if (lane == 0) smem.o_empty[group].arrive();
+        }
+        if (exit) return;
+      }
+    }
+  }
   // Absorbed-MLA tile: this group's (64, dv / 2) accumulator o times o_scale, two adjacent
   // columns per 4-byte store (a quad writes 16 contiguous bytes of a row), or with split-KV per
   // 8-byte fp32 store into the split's partials; group 0 also writes the LSE.

@@ -108,6 +108,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     smem.tile_full.init(1);
     smem.tile_empty.init(Traits::kConsumerThreads);
     cutlass::arch::ClusterBarrier::init(&smem.v_tail_loaded, 1);
+    if constexpr (Traits::kDeferEpilogue) {
+      for (int g = 0; g < Traits::kConsumerGroups; ++g) {
+        smem.o_full[g].init(128);
+        smem.o_empty[g].init(1);
+      }
+    }
     if constexpr (Traits::kQv) {
       smem.p_full.init(128);
       smem.p_empty.init(128);
@@ -128,11 +134,16 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
   };
   if (role == Role::kProducer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    if (!whole_group && threadIdx.x >= 32) return;  // one warp issues every TMA load
     const int thread = int(threadIdx.x);
     // Warp-uniform (a shuffle from lane 0 keeps it in a uniform register: the 24-register
-    // producer spills when the branch below reads threadIdx.x directly).
+    // producer spills when the branches below read threadIdx.x directly).
     const int producer_warp = __shfl_sync(0xffffffff, thread / 32, 0);
+    // One warp issues every TMA load; with O staged apart, a second one stores it
+    // (Epilogue::serve). Both branches return here: nothing the loads need stays live across.
+    if (!whole_group && producer_warp != 0) {
+      if (Traits::kDeferEpilogue && producer_warp == 1) Epilogue<Traits>::serve(p, args.tma, smem, thread % 32);
+      return;
+    }
     auto state = cutlass::make_producer_start_state<Pipeline>();
     auto q_state = cutlass::make_producer_start_state<typename Traits::QPipeline>();
     int handoffs = 0, v_tails = 0;
@@ -190,11 +201,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     using FragO = decltype(new_accumulator());
     constexpr int kRows = decltype(size<0>(rowcol_layout(FragO{}.layout())))::value;
     DeferredStore<typename Loop::Work, typename Epi::template FragOut<FragO>, kRows> deferred;
+    // With TMA loads the producer group has a warp to spare for O's stores (Epilogue::serve).
+    const bool store_warp = !whole_group;
+    int o_handoffs = 0;
     const auto finish_previous = [&] {
       if constexpr (Traits::kDeferEpilogue) {
         if (!deferred.pending) return;
         deferred.pending = false;
-        Epi::store(p, args.tma, smem, deferred.w, thread_idx, deferred.out, deferred.lse);
+        Epi::store(p, args.tma, smem, deferred.w, thread_idx, deferred.out, deferred.lse, store_warp, o_handoffs);
       }
     };
     for (int t = int(blockIdx.x); t < scheduler.num_tiles;) {
@@ -218,7 +232,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
               deferred.w = w;
               deferred.pending = true;
             } else {
-              Epi::store(p, args.tma, smem, w, thread_idx, deferred.out, deferred.lse);
+              Epi::store(p, args.tma, smem, w, thread_idx, deferred.out, deferred.lse, store_warp, o_handoffs);
               // O was staged in Q's bytes: each consumer thread arrives on Q's empty barrier
               // after its own reads of O (a one-CTA cluster: every consumer thread arrives).
               if constexpr (Traits::kOInQ) pipe_q.consumer_release(q_state);
@@ -235,6 +249,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
       ++handoffs;
     }
     finish_previous();
+    if (Traits::kDeferEpilogue && store_warp)
+      Epi::hand_back(smem, group, thread_idx % 128 == 0, OStoreJob::kExit, o_handoffs);
     Epi::drain(thread_idx);
   }
 #endif

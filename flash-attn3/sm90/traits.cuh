@@ -38,6 +38,15 @@ enum class Role : int { kProducer = 0, kConsumer = 1 };
 constexpr int kProducerThreads = 128;
 
 // Named hardware barriers (ids after the ones CUTLASS reserves; at most 8).
+// A consumer group's O rows handed to the O-store warp (Epilogue::hand_off / serve): what to do
+// with the group's staged rows, where they go, and where its LSE values go.
+struct OStoreJob {
+  enum Kind : int { kStore, kRelease, kExit };  // TMA-store the rows; only return the buffer; no more tiles
+  int64_t lse_row0;  // index into lse of the group's first row
+  int kind, rows;    // rows: how many of the 64 are written (their LSE too)
+  int q_start, head, batch, row_block;  // the TMA box: rows 64 row_block.. of (q_start, head, batch)
+};
+
 enum class BarrierId : int {
   kEpilogue = 0,   // + consumer group: the group's O rows are in shared memory (or, staged in Q's bytes, read)
   kScheduler = 3,  // + consumer group: the group's turn to issue its wgmmas
@@ -194,6 +203,12 @@ struct Traits {
     alignas(8) uint64_t v_tail_loaded;
     // kQv: group 0 has written P and the row factors (p_full), group 1 has read them (p_empty).
     cutlass::arch::ClusterBarrier p_full, p_empty;
+    // kDeferEpilogue, with an O-store warp: group g's O rows are staged in o with their LSE in
+    // o_lse and o_job (o_full[g] completes), and the store warp has read them (o_empty[g]).
+    static constexpr int kOStoreGroups = kDeferEpilogue ? kConsumerGroups : 1;
+    OStoreJob o_job[kOStoreGroups];
+    float o_lse[kOStoreGroups * 64];
+    cutlass::arch::ClusterBarrier o_full[kOStoreGroups], o_empty[kOStoreGroups];
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in the 227 KB of shared memory of a Hopper block");
