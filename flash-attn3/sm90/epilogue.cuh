@@ -204,8 +204,7 @@ struct Epilogue {
             for (int r = lane; r < job.rows; r += 32) p.lse[job.lse_row0 + r] = smem.o_lse[64 * group + r];
             if (lane == 0) tma_store_wait<0>();
           }
-          __syncwarp();
-          if (lane == 0) smem.o_empty[group].arrive();
+          smem.o_empty[group].arrive();  // every lane, after its own reads (lane 0: the store's too)
         }
         if (exit) return;
       }

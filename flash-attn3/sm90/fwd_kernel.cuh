@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     if constexpr (Traits::kDeferEpilogue) {
       for (int g = 0; g < Traits::kConsumerGroups; ++g) {
         smem.o_full[g].init(128);
-        smem.o_empty[g].init(1);
+        smem.o_empty[g].init(32);  // the store warp's lanes
       }
     }
     if constexpr (Traits::kQv) {

@@ -204,7 +204,8 @@ struct Traits {
     // kQv: group 0 has written P and the row factors (p_full), group 1 has read them (p_empty).
     cutlass::arch::ClusterBarrier p_full, p_empty;
     // kDeferEpilogue, with an O-store warp: group g's O rows are staged in o with their LSE in
-    // o_lse and o_job (o_full[g] completes), and the store warp has read them (o_empty[g]).
+    // o_lse and o_job (o_full[g] completes, 128 arrivals), and the store warp has read them
+    // (o_empty[g], one arrival per lane).
     static constexpr int kOStoreGroups = kDeferEpilogue ? kConsumerGroups : 1;
     OStoreJob o_job[kOStoreGroups];
     float o_lse[kOStoreGroups * 64];
