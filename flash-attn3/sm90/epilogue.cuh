@@ -1,9 +1,10 @@
 // Hopper epilogue: normalised O through shared memory to global memory, and the LSE of each row.
 // Each consumer group writes its own 64 rows (no CTA-wide barrier): one thread of the group
-// issues TMA stores of its rows and moves on, or (the rows of a packed sequence's last tile,
-// which a TMA box would carry into the next sequence, and packed GQA rows, which belong to
-// several heads) the group copies them out with 16-byte stores. On the absorbed-MLA tile each
-// group writes its half of O's columns straight from registers.
+// issues TMA stores of its rows and moves on (on two-group tiles with TMA loads, a store warp of
+// the producer group issues them and writes the LSE: serve), or (the rows of a packed sequence's
+// last tile, which a TMA box would carry into the next sequence, and packed GQA rows, which
+// belong to several heads) the group copies them out with 16-byte stores. On the absorbed-MLA
+// tile each group writes its half of O's columns straight from registers.
 #pragma once
 
 #include <cute/tensor.hpp>

@@ -4,13 +4,15 @@
 // of the heads of one KV group) of one batch row (scheduler.cuh: drawn from a global counter).
 // Warp group 0 produces: after giving up registers, one warp issues the TMA loads of Q (kQStages
 // buffers) and of the K/V blocks (kStages-deep) into mbarrier pipelines, running ahead into the
-// next tile while the consumers finish the current one; with paged k/v the whole warp group
-// stays and gathers the K/V rows with cp.async, and with packed GQA rows the Q rows. Warp
+// next tile while the consumers finish the current one, and on two-group tiles a second warp
+// stores the consumers' staged O and LSE (Epilogue::serve); with gathered paged k/v the whole
+// warp group stays and copies the K/V rows with cp.async, and with packed GQA rows the Q rows. Warp
 // groups 1..G consume: each takes 64 query rows of the tile (on the absorbed-MLA tile both take
 // the same 64 rows and split O's columns), runs the main loop (mainloop.cuh; where the tile's
 // rows are not a whole number of key blocks, over the key blocks its own rows see) with the
 // registers the producer gave up, then the epilogue (epilogue.cuh): on two-group tiles with O in
-// its own shared-memory bytes, once the next tile's first Q K^T is on the tensor cores.
+// its own shared-memory bytes, once the next tile's first Q K^T is on the tensor cores, handing
+// the staged rows to the store warp where there is one.
 // Tiles whose rows see no key skip the pipelines: the consumers write their empty rows directly.
 // The producer draws each next tile and hands its index to the consumers through shared memory.
 #pragma once
