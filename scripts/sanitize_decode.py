@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Representative KV-cache calls of the portable family (decode and short-query tiles with
 swizzled and padded shared-memory rows, split-KV merged by the last split CTA of each tile or,
-past 8 splits and after prefill tiles, by the combine kernel, paged caches of 1 and 16 keys, in-place
+past 8 splits and after prefill tiles, by the combine kernel, paged caches of 1, 16 and 64 keys, in-place
 append with rotary, absorbed-MLA qv, deterministic splits), and its d64 / d128 prefill tiles on
 ragged, causal and windowed problems, for running under compute-sanitizer, without the reference
 (whose host code the tools slow down):
@@ -40,8 +40,8 @@ def main() -> None:
     for num_splits in (0, 4):
         fa3.flash_attn_with_kvcache(q, randn(3, 800, 2, 128), randn(3, 800, 2, 128), cache_seqlens=seqlens,
                                     causal=True, num_splits=num_splits)
-    for page_size in (1, 16):
-        pages = 3 * 800 // page_size
+    for page_size in (1, 16, 64):
+        pages = 3 * -(-800 // page_size)
         k, v = randn(pages, page_size, 2, 128), randn(pages, page_size, 2, 128)
         table = torch.randperm(pages, device="cuda", dtype=torch.int32).view(3, -1)
         fa3.flash_attn_with_kvcache(randn(3, 1, 8, 128), k, v, cache_seqlens=seqlens, page_table=table,

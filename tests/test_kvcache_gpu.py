@@ -182,9 +182,10 @@ def test_append_kv(fa3, dtype, case):
 
 
 @pytest.mark.parametrize("sq", [1, 200])
-@pytest.mark.parametrize("page_size", [0, 16])
+@pytest.mark.parametrize("page_size", [0, 16, 64, 128])
 def test_portable_cache_slots_past_the_keys_never_leak(fa3, monkeypatch, sq, page_size):
-    """The portable family on a cache whose slots past cache_seqlens hold NaN: they take no part."""
+    """The portable family on a cache whose slots past cache_seqlens hold NaN: they take no part
+    (pages of 64 and 128 hold whole key blocks, which load as strided rows)."""
     monkeypatch.setenv("SGL_FLASH_ATTN3_BACKEND", "portable")
     torch.manual_seed(sq + page_size)
     b, h, h_k, d = 3, 8, 2, 128

@@ -380,6 +380,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                     params.page_size, params.k_batch_stride, params.k_row_stride, params.v_batch_stride,
                     params.v_row_stride};
   const bool paged = kv.pages != nullptr;
+  // Pages of a multiple of kBlockN keys hold each key block whole: its rows are then strided
+  // from the block's first row, as unpaged rows are, and only that row's offsets are computed
+  // (by thread 0) and read.
+  const bool block_in_page = paged && params.page_size % kBlockN == 0;
+  const int offset_threads = block_in_page ? 1 : kBlockN;  // threads that compute row offsets
   if (!paged) {  // unpaged rows: one base per batch row (paged k/v never have a start offset)
     gK += seq.b_kv * params.k_batch_stride + int64_t(seq.k_start) * params.k_row_stride;
     gV += seq.b_kv * params.v_batch_stride + int64_t(seq.k_start) * params.v_row_stride;
@@ -391,19 +396,20 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const int key0 = n_block * kBlockN;
     Element* sK = sKV + stage * Traits::kSmemStage;
     const int rows_valid = seq.seqlen_k - key0;
-    if (paged) {
-      const int64_t* offs = sRowOffsets + stage * 2 * kBlockN;
+    const int64_t* offs = sRowOffsets + stage * 2 * kBlockN;
+    if (paged && !block_in_page) {
       load_tile<kNThreads, kBlockN, typename Traits::TileQ>(sK, [&](int r) { return gK + offs[r]; }, rows_valid);
       load_tile<kNThreads, kBlockN, typename Traits::TileV>(sK + Traits::kSmemK, [&](int r) { return gV + offs[kBlockN + r]; },
                                                rows_valid);
     } else {
-      const StridedRows<Element> k_rows{gK + int64_t(key0) * params.k_row_stride, params.k_row_stride};
-      const StridedRows<Element> v_rows{gV + int64_t(key0) * params.v_row_stride, params.v_row_stride};
+      const StridedRows<Element> k_rows{gK + (paged ? offs[0] : int64_t(key0) * params.k_row_stride), params.k_row_stride};
+      const StridedRows<Element> v_rows{gV + (paged ? offs[kBlockN] : int64_t(key0) * params.v_row_stride),
+                                        params.v_row_stride};
       load_tile<kNThreads, kBlockN, typename Traits::TileQ>(sK, k_rows, rows_valid);
       load_tile<kNThreads, kBlockN, typename Traits::TileV>(sK + Traits::kSmemK, v_rows, rows_valid);
     }
   };
-  // Paged: thread r < kBlockN owns key row r of every block. The page of its row in block n
+  // Paged: thread r < offset_threads owns key row r of every block. The page of its row in block n
   // (0 past the keys), and the row's offsets from that page into the buffer of `stage` (rows
   // past the end: 0, unread).
   auto row_page = [&](int n_block) {
@@ -456,7 +462,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
     // Prologue: Q joins the first group; blocks n_block_min .. + kStages - 2 go in flight.
     if (paged) {
-      if (threadIdx.x < kBlockN) {
+      if (threadIdx.x < offset_threads) {
         for (int i = 0; i < Traits::kStages && n_block_min + i < n_block_max; ++i)
           store_row_offsets(n_block_min + i, i, row_page(n_block_min + i));
         next_page = row_page(n_block_min + Traits::kStages);
@@ -497,7 +503,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     // iteration ahead: pages of 1 +7-10%, of 16 +3-7% (decode d128); storing the offsets after the
     // math rather than before it: pages of 64 +1-4%, of 16 -1..+1%, of 1 -1..-2%.
     const int page = next_page;
-    if (paged && threadIdx.x < kBlockN) next_page = row_page(n_block + Traits::kStages + 1);
+    if (paged && threadIdx.x < offset_threads) next_page = row_page(n_block + Traits::kStages + 1);
     const Element* sK = sKV + (it % Traits::kStages) * Traits::kSmemStage;
     const Element* sV = sK + Traits::kSmemK;
 
@@ -598,7 +604,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
       }
     }
-    if (paged && threadIdx.x < kBlockN && n_block + Traits::kStages < n_block_max)
+    if (paged && threadIdx.x < offset_threads && n_block + Traits::kStages < n_block_max)
       store_row_offsets(n_block + Traits::kStages, it % Traits::kStages, page);
   }
 
