@@ -37,9 +37,8 @@ constexpr auto k_major_atom() {
 enum class Role : int { kProducer = 0, kConsumer = 1 };
 constexpr int kProducerThreads = 128;
 
-// Named hardware barriers (ids after the ones CUTLASS reserves; at most 8).
-// A consumer group's O rows handed to the O-store warp (Epilogue::hand_off / serve): what to do
-// with the group's staged rows, where they go, and where its LSE values go.
+// A consumer group's O rows handed to the O-store warp (Epilogue::store / hand_back / serve):
+// what to do with the group's staged rows, where they go, and where its LSE values go.
 struct OStoreJob {
   enum Kind : int { kStore, kRelease, kExit };  // TMA-store the rows; only return the buffer; no more tiles
   int64_t lse_row0;  // index into lse of the group's first row
@@ -47,6 +46,7 @@ struct OStoreJob {
   int q_start, head, batch, row_block;  // the TMA box: rows 64 row_block.. of (q_start, head, batch)
 };
 
+// Named hardware barriers (ids after the ones CUTLASS reserves; at most 8).
 enum class BarrierId : int {
   kEpilogue = 0,   // + consumer group: the group's O rows are in shared memory (or, staged in Q's bytes, read)
   kScheduler = 3,  // + consumer group: the group's turn to issue its wgmmas
