@@ -89,9 +89,15 @@ struct Epilogue {
     tma_store_arrive();
   }
 
+  // Whether a warp of the producer group stores O (serve): on the tiles that stage O apart and
+  // defer its epilogue, when the K/V loads leave that group's warps 1-3 idle (TMA, not gathers).
+  static __host__ __device__ bool has_store_warp(bool whole_producer_group) {
+    return Traits::kDeferEpilogue && !whole_producer_group;
+  }
+
   // out: this thread's normalised output fragment (normalise); lse: per row of the thread.
-  // store_warp: an O-store warp takes the group's TMA stores and LSE (hand-off o_handoffs of the
-  // group; Traits::kDeferEpilogue only).
+  // store_warp (has_store_warp): the O-store warp takes the group's TMA stores and LSE (hand-off
+  // o_handoffs of the group).
   template <class Frag, int kRows>
   static __device__ void store(const FwdParams& p, const TmaDescriptors<Traits>& tma,
                                typename Traits::SharedStorage& smem, const Work& w, int thread_idx,
@@ -102,7 +108,6 @@ struct Epilogue {
     Tensor sO = make_tensor(make_smem_ptr(o_smem), typename Traits::SmemLayoutO{});  // (kBlockM, kDV)
     const int group = thread_idx / 128, t = thread_idx % 128;
     const bool issuer = t == 0;
-    store_warp = Traits::kDeferEpilogue && store_warp;
     // The group's previous O (when O has its own bytes) has been read: by the TMA store that the
     // store warp or this group's issuer waited for, or by every thread.
     if constexpr (!Traits::kOInQ) {

@@ -143,7 +143,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     // One warp issues every TMA load; with O staged apart, a second one stores it
     // (Epilogue::serve). Both branches return here: nothing the loads need stays live across.
     if (!whole_group && producer_warp != 0) {
-      if (Traits::kDeferEpilogue && producer_warp == 1) Epilogue<Traits>::serve(p, args.tma, smem, thread % 32);
+      if (Epilogue<Traits>::has_store_warp(whole_group) && producer_warp == 1)
+        Epilogue<Traits>::serve(p, args.tma, smem, thread % 32);
       return;
     }
     auto state = cutlass::make_producer_start_state<Pipeline>();
@@ -203,8 +204,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
     using FragO = decltype(new_accumulator());
     constexpr int kRows = decltype(size<0>(rowcol_layout(FragO{}.layout())))::value;
     DeferredStore<typename Loop::Work, typename Epi::template FragOut<FragO>, kRows> deferred;
-    // With TMA loads the producer group has a warp to spare for O's stores (Epilogue::serve).
-    const bool store_warp = !whole_group;
+    const bool store_warp = Epi::has_store_warp(whole_group);
     int o_handoffs = 0;
     const auto finish_previous = [&] {
       if constexpr (Traits::kDeferEpilogue) {
@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
       ++handoffs;
     }
     finish_previous();
-    if (Traits::kDeferEpilogue && store_warp)
+    if (store_warp)
       Epi::hand_back(smem, group, thread_idx % 128 == 0, OStoreJob::kExit, o_handoffs);
     Epi::drain(thread_idx);
   }
