@@ -41,4 +41,16 @@ struct SeqInfo {
   }
 };
 
+// Key j of a paged batch row (params.h): its page-table index j / size and its row j % size in
+// that page, by shift and mask where the page size is a power of two (as page sizes are in
+// practice) instead of runtime integer divisions in per-row address code.
+struct PageSplit {
+  int size;
+  int shift;  // log2(size) for a power of two, else -1 (also for size 0: __ffs(0) is 0)
+
+  __device__ explicit PageSplit(int size_) : size(size_) { shift = (size_ & (size_ - 1)) == 0 ? __ffs(size_) - 1 : -1; }
+  __device__ int page(int j) const { return shift >= 0 ? j >> shift : j / size; }
+  __device__ int row(int j) const { return shift >= 0 ? j & (size - 1) : j % size; }
+};
+
 }  // namespace sgl_fa3

@@ -117,18 +117,16 @@ struct RowMap {
 // batch row's first key; paged row j sits in page page_table[j / page_size].
 struct KVLayout {
   const int* pages;  // page-table row of this batch row, or nullptr
-  int page_size;
-  // log2(page_size) when a power of two, else -1: a shift and a mask per row instead of two
-  // runtime divisions (H100, bf16 d128 decode, pages of 1 / 16: +0-0.7%).
-  int page_shift;
+  // Shift and mask for power-of-two page sizes rather than two runtime divisions per row (H100,
+  // bf16 d128 decode, pages of 1 / 16: +0-0.7%).
+  PageSplit split;
   int64_t k_batch_stride, k_row_stride, v_batch_stride, v_row_stride;
-  __device__ static int log2_if_power_of_two(int n) { return n > 0 && (n & (n - 1)) == 0 ? __ffs(n) - 1 : -1; }
   // The page holding key row j: a page-table load, issued well before row_offsets needs it.
-  __device__ int page_of(int j) const { return pages[page_shift >= 0 ? j >> page_shift : j / page_size]; }
+  __device__ int page_of(int j) const { return pages[split.page(j)]; }
   // Element offsets of key row j, which sits in `page`, in K and V (from the tensor base + head
   // offset).
   __device__ void row_offsets(int page, int j, int64_t& k_off, int64_t& v_off) const {
-    const int64_t slot = page_shift >= 0 ? j & (page_size - 1) : j % page_size;
+    const int64_t slot = split.row(j);
     k_off = int64_t(page) * k_batch_stride + slot * k_row_stride;
     v_off = int64_t(page) * v_batch_stride + slot * v_row_stride;
   }
@@ -381,8 +379,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const Element* gK = static_cast<const Element*>(params.k) + kv_head * params.k_head_stride;
   const Element* gV = static_cast<const Element*>(params.v) + kv_head * params.v_head_stride;
   const KVLayout kv{params.page_table ? params.page_table + batch * params.page_table_batch_stride : nullptr,
-                    params.page_size, KVLayout::log2_if_power_of_two(params.page_size), params.k_batch_stride,
-                    params.k_row_stride, params.v_batch_stride, params.v_row_stride};
+                    PageSplit(params.page_size), params.k_batch_stride, params.k_row_stride,
+                    params.v_batch_stride, params.v_row_stride};
   const bool paged = kv.pages != nullptr;
   // Pages of a multiple of kBlockN keys hold each key block whole: its rows are then strided
   // from the block's first row, as unpaged rows are, and only that row's offsets are computed

@@ -347,18 +347,15 @@ struct Mainloop {
   static __device__ SourceRows find_rows(const FwdParams& p, const Element* base, int64_t batch_stride,
                                          int64_t row_stride, const int* pages, int seqlen_k, int n, int warp,
                                          int lane) {
-    const int page_size = p.page_size;
-    const bool pow2 = (page_size & (page_size - 1)) == 0;  // page sizes are powers of two in practice
-    const int shift = __ffs(page_size) - 1;
+    const PageSplit split(p.page_size);
     SourceRows rows;
 #pragma unroll
     for (int j = 0; j < kGroupsPerWarp; ++j) {
       const int g = warp + 4 * j, key = n * kBlockN + 8 * g + lane % 8;
       const bool valid = (kRowGroups % 4 == 0 || g < kRowGroups) && key < seqlen_k;
       const int slot = valid ? key : 0;  // slot 0 keeps the (unused) page-table load in bounds
-      const int page_index = pow2 ? slot >> shift : slot / page_size;
-      const int64_t row = pow2 ? slot & (page_size - 1) : slot - page_index * page_size;
-      const int64_t page = pages[page_index];
+      const int64_t row = split.row(slot);
+      const int64_t page = pages[split.page(slot)];
       rows.src[j] = valid ? base + page * batch_stride + row * row_stride + lane / 8 * 8 : nullptr;
     }
     return rows;
