@@ -229,6 +229,24 @@ def stage_python(variant_dir: Path, ops_name: str, config: dict, archs: list[str
     (variant_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
 
+def check_filter(config: dict, filter_re: re.Pattern) -> None:
+    """A filtered build must be loadable: it selects some instantiation, and each Hopper kernel it
+    selects comes with the portable kernel of the same (dtype, d, dv), through which the binding
+    finds both."""
+    selected = {src for kernel in config["kernel"].values() for src in kernel["src"]
+                if "/instantiations/" in src and filter_re.search(src)}
+    if not selected:
+        raise SystemExit(f"--filter {filter_re.pattern!r} matches no instantiation source")
+    for src in sorted(selected):
+        partner = src.replace("/fwd_sm90_", "/fwd_portable_")
+        if partner != src and partner not in selected:
+            raise SystemExit(
+                f"--filter {filter_re.pattern!r} selects {src} without {partner}: the binding looks a "
+                "(dtype, d, dv) up in the portable family first, so the build could not run it; "
+                "widen the filter (e.g. 'bf16_d128\\.cu' takes both)"
+            )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filter", help="regex: build only instantiation sources that match")
@@ -242,6 +260,9 @@ def main() -> int:
     generate = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate.py"), "--check"])
     if generate.returncode != 0:
         raise SystemExit("generated sources are stale: run python scripts/generate.py")
+    filter_re = re.compile(args.filter) if args.filter else None
+    if filter_re is not None:
+        check_filter(config, filter_re)
     tc = toolchain()
     variant, target_version = variant_name(config)
     python_name = config["general"]["name"].replace("-", "_")
@@ -261,8 +282,7 @@ def main() -> int:
     variant_dir.mkdir(parents=True)
     so_name = f"{ops_name}.abi3.so"
     ninja_file = write_ninja(
-        config, tc, scratch, so_name, ops_name, target_version,
-        re.compile(args.filter) if args.filter else None, archs,
+        config, tc, scratch, so_name, ops_name, target_version, filter_re, archs,
     )
     start = time.monotonic()
     subprocess.run(["ninja", "-C", str(ninja_file.parent), "-f", ninja_file.name, f"-j{args.jobs}"], check=True)

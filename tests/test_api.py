@@ -88,6 +88,24 @@ def test_generated_sources_are_current():
     assert result.returncode == 0, result.stdout
 
 
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (r"sm90_bf16_d128\.cu", "without flash-attn3/instantiations/fwd_portable_bf16_d128.cu"),
+        (r"no_such_kernel", "matches no instantiation source"),
+    ],
+)
+def test_build_refuses_a_filter_it_could_not_load(pattern, message):
+    """A filtered build that selects nothing, or a Hopper kernel without the portable kernel the
+    binding finds it through, fails before compiling anything."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "build.py"), "--filter", pattern],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+
+
 def test_build_toml_describes_the_hub_package():
     config = tomllib.loads((ROOT / "build.toml").read_text())
     general = config["general"]
