@@ -24,7 +24,7 @@ import sys
 import sysconfig
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,20 +229,21 @@ def stage_python(variant_dir: Path, ops_name: str, config: dict, archs: list[str
     (variant_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def check_filter(config: dict, filter_re: re.Pattern) -> None:
-    """A filtered build must be loadable: it selects some instantiation, and each Hopper kernel it
-    selects comes with the portable kernel of the same (dtype, d, dv), through which the binding
-    finds both."""
-    selected = {src for kernel in config["kernel"].values() for src in kernel["src"]
-                if "/instantiations/" in src and filter_re.search(src)}
+def check_filter(filter_re: re.Pattern) -> None:
+    """A filtered build must be loadable: it selects some instantiation of the table, and each
+    Hopper kernel it selects comes with the portable kernel of the same (dtype, d, dv), through
+    which the binding finds both."""
+    from generate import load_table  # the instantiation table (scripts/ is on sys.path)
+
+    selected = {inst for inst in load_table() if filter_re.search(inst.source)}
     if not selected:
         raise SystemExit(f"--filter {filter_re.pattern!r} matches no instantiation source")
-    for src in sorted(selected):
-        partner = src.replace("/fwd_sm90_", "/fwd_portable_")
-        if partner != src and partner not in selected:
+    for inst in sorted(selected, key=lambda i: i.source):
+        partner = replace(inst, family="portable")
+        if partner not in selected:
             raise SystemExit(
-                f"--filter {filter_re.pattern!r} selects {src} without {partner}: the binding looks a "
-                "(dtype, d, dv) up in the portable family first, so the build could not run it; "
+                f"--filter {filter_re.pattern!r} selects {inst.source} without {partner.source}: the binding "
+                "looks a (dtype, d, dv) up in the portable family first, so the build could not run it; "
                 "widen the filter (e.g. 'bf16_d128\\.cu' takes both)"
             )
 
@@ -262,7 +263,7 @@ def main() -> int:
         raise SystemExit("generated sources are stale: run python scripts/generate.py")
     filter_re = re.compile(args.filter) if args.filter else None
     if filter_re is not None:
-        check_filter(config, filter_re)
+        check_filter(filter_re)
     tc = toolchain()
     variant, target_version = variant_name(config)
     python_name = config["general"]["name"].replace("-", "_")
