@@ -82,6 +82,9 @@ struct FwdTraits {
   // Paged KV: element offsets of each key row of the next blocks, one buffer per stage,
   // (kStages, 2 = K / V, kBlockN) int64.
   static constexpr int kSmemRowOffsets = kStages * 2 * kBlockN * int(sizeof(int64_t));
+  // Visible-key bounds (lo, hi) of each tile row, (kBlockM, 2) int: computed once per tile and
+  // read by the masked key blocks.
+  static constexpr int kSmemRowBounds = kBlockM * 2 * int(sizeof(int));
   static constexpr int kSmemMain = (kSmemQ + kSmemQv + kStages * kSmemStage) * int(sizeof(Element));
   // Epilogue, reusing the main-loop smem: fp32 O of each key warp (rows padded by 8 floats so
   // the fragment stores of 8 rows spread over the banks), per-row max and sum, then each row's
@@ -89,7 +92,8 @@ struct FwdTraits {
   static constexpr int kRowO = kDV + 8;
   static constexpr int kSmemEpilogue =
       kKeyWarps * kBlockM * (kRowO + 2) * int(sizeof(float)) + kBlockM * int(sizeof(int64_t));
-  static constexpr int kSmemBytes = (kSmemMain > kSmemEpilogue ? kSmemMain : kSmemEpilogue) + kSmemRowOffsets;
+  static constexpr int kSmemBytes =
+      (kSmemMain > kSmemEpilogue ? kSmemMain : kSmemEpilogue) + kSmemRowBounds + kSmemRowOffsets;
 
   static_assert(kMSlabs * 16 * kRowWarps == kBlockM, "row warps must tile kBlockM in 16-row slabs");
   static_assert(kD % 16 == 0 && kDV % 16 == 0, "head dims must be multiples of the mma k (16)");
@@ -106,11 +110,12 @@ struct FwdTraits {
 // Tile row r -> (query position, head). Without pack_gqa every row has the CTA's head; with it,
 // row r is query r / group of head kv_head * group + r % group (monotone query positions keep
 // the mask bounds non-decreasing in r).
+// (Rows and group sizes are non-negative: unsigned division, about half the code of signed.)
 struct RowMap {
   int group, head0;
   bool packed;
-  __device__ int query(int r) const { return packed ? r / group : r; }
-  __device__ int head(int r) const { return packed ? head0 + r % group : head0; }
+  __device__ int query(int r) const { return packed ? int(unsigned(r) / unsigned(group)) : r; }
+  __device__ int head(int r) const { return packed ? head0 + int(unsigned(r) % unsigned(group)) : head0; }
 };
 
 // Where the key rows of this CTA's kv head live. Unpaged rows are `row_stride` apart from the
@@ -132,53 +137,115 @@ struct KVLayout {
   }
 };
 
-// Rows `stride` elements apart from `base` (unpaged K / V): a row source load_tile can step through.
+// Row sources of load_tile: src(r) is the global address of tile row r, and
+// row_cursor(src, r, step) walks rows r, r + step, ... (get() the address, next() a step on),
+// so that a source with a cheap step avoids computing each row's address from scratch.
+template <typename RowAddr>
+struct RowCursor {  // any callable: one call per row
+  const RowAddr& src;
+  int row, step;
+  __device__ auto get() const { return src(row); }
+  __device__ void next() { row += step; }
+};
+template <typename RowAddr>
+__device__ __forceinline__ RowCursor<RowAddr> row_cursor(const RowAddr& src, int row, int step) {
+  return {src, row, step};
+}
+
+// Rows `stride` elements apart from `base` (unpaged K / V). Its cursor is one pointer stepped
+// from row to row: `base + row * stride` per row would be hoisted out of the key-block loop as
+// loop-invariant 64-bit products, registers the large-head-dim tiles do not have.
 template <typename Element>
 struct StridedRows {
   const Element* base;
   int64_t stride;
   __device__ const Element* operator()(int r) const { return base + int64_t(r) * stride; }
 };
-template <typename T>
-inline constexpr bool is_strided_rows = false;
 template <typename Element>
-inline constexpr bool is_strided_rows<StridedRows<Element>> = true;
+struct StridedCursor {
+  const Element* ptr;
+  int64_t step;
+  __device__ const Element* get() const { return ptr; }
+  __device__ void next() { ptr += step; }
+};
+template <typename Element>
+__device__ __forceinline__ StridedCursor<Element> row_cursor(const StridedRows<Element>& src, int row, int step) {
+  return {src(row), step * src.stride};
+}
+
+// Rows of the Q (or Qv) tile: tile row r is (query position, head) = rows.query(r), rows.head(r)
+// of a tensor with the given strides (from the problem's first query). Its cursor carries the
+// (query, head) pair from row to row: with pack_gqa a division by the group size per row took
+// 11 of the d64 tile's 39 KB of code before the key-block loop.
+template <typename Element>
+struct QueryRows {
+  const Element* base;
+  int64_t row_stride, head_stride;
+  RowMap rows;
+  int row0;  // tile row 0
+  __device__ const Element* operator()(int r) const {
+    return base + int64_t(rows.query(row0 + r)) * row_stride + int64_t(rows.head(row0 + r)) * head_stride;
+  }
+};
+template <typename Element>
+struct QueryCursor {
+  const Element* base;
+  int64_t row_stride, head_stride;
+  int query, head, group;  // head within the group; group 1 without pack_gqa
+  int step_q, step_h;      // a step of rows in queries and heads
+  __device__ const Element* get() const {
+    return base + int64_t(query) * row_stride + int64_t(head) * head_stride;
+  }
+  __device__ void next() {
+    query += step_q, head += step_h;
+    if (head >= group) head -= group, ++query;
+  }
+};
+template <typename Element>
+__device__ __forceinline__ QueryCursor<Element> row_cursor(const QueryRows<Element>& src, int row, int step) {
+  const int group = src.rows.packed ? src.rows.group : 1, r = src.row0 + row;
+  return {src.base + int64_t(src.rows.head0) * src.head_stride, src.row_stride, src.head_stride,
+          int(unsigned(r) / unsigned(group)), int(unsigned(r) % unsigned(group)), group,
+          int(unsigned(step) / unsigned(group)), int(unsigned(step) % unsigned(group))};
+}
+
+// Rows per pass of load_tile: the largest divisor of kRows whose rows' 16-byte chunks the CTA's
+// threads cover (0 if one row has more chunks than there are threads).
+constexpr int rows_per_pass(int threads, int rows, int chunks_per_row) {
+  int r = threads / chunks_per_row;
+  while (r > 0 && rows % r != 0) --r;
+  return r;
+}
 
 // Copies rows [0, rows_valid) of a (kRows, Tile::kCols) tile into shared memory laid out as
 // Tile; rows past the end are zero-filled so no stale or NaN data reaches the MMA.
 // `src(row)` is the global address of a row; callers guarantee rows_valid >= 1 (row 0 stands in
-// as the unread source of padding rows). When the CTA's threads cover whole rows, each thread
-// keeps one column and walks rows kNThreads / kChunksPerRow apart.
+// as the unread source of padding rows). A pass covers kRowStep whole rows: each of the first
+// kRowStep * kChunksPerRow threads keeps one column and walks rows kRowStep apart. Where the
+// row's chunks do not divide the threads (d 96: 12 per row), the remaining threads sit out:
+// the same number of copies per warp as spreading every chunk over all threads, without the
+// per-chunk division, whose hoisted smem offsets the d96 prefill tile spilled in its loop.
 template <int kNThreads, int kRows, typename Tile, typename Element, typename RowAddr>
 __device__ __forceinline__ void load_tile(Element* smem, const RowAddr& src, int rows_valid) {
   constexpr int kCols = Tile::kCols;
   constexpr int kChunksPerRow = kCols * int(sizeof(Element)) / 16;
-  constexpr int kChunks = kRows * kChunksPerRow;
-  constexpr int kIters = (kChunks + kNThreads - 1) / kNThreads;
+  constexpr int kRowStep = rows_per_pass(kNThreads, kRows, kChunksPerRow);
   const Element* fallback = src(0);
-  if constexpr (kNThreads % kChunksPerRow == 0 && kChunks % kNThreads == 0) {
-    constexpr int kRowStep = kNThreads / kChunksPerRow;
+  if constexpr (kRowStep > 0) {
+    constexpr int kIters = kRows / kRowStep;
+    if (kRowStep * kChunksPerRow < kNThreads && int(threadIdx.x) >= kRowStep * kChunksPerRow) return;
     const int row0 = threadIdx.x / kChunksPerRow, col = (threadIdx.x % kChunksPerRow) * 8;
-    // Strided rows: one pointer stepped from row to row. `base + row * stride` per row would
-    // be hoisted out of the key-block loop as kIters loop-invariant 64-bit products, registers
-    // the large-head-dim tiles do not have.
-    [[maybe_unused]] const Element* strided = nullptr;
-    [[maybe_unused]] int64_t step = 0;
-    if constexpr (is_strided_rows<RowAddr>) strided = src(row0), step = kRowStep * src.stride;
+    auto cursor = row_cursor(src, row0, kRowStep);
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
       const int row = row0 + it * kRowStep;
       const bool valid = row < rows_valid;
-      const Element* row_src;
-      if constexpr (is_strided_rows<RowAddr>) {
-        row_src = strided;
-        strided += step;
-      } else {
-        row_src = src(row);
-      }
-      cp_async_16(smem + Tile::offset(row, col), (valid ? row_src : fallback) + col, valid);
+      cp_async_16(smem + Tile::offset(row, col), (valid ? cursor.get() : fallback) + col, valid);
+      cursor.next();
     }
   } else {
+    constexpr int kChunks = kRows * kChunksPerRow;
+    constexpr int kIters = (kChunks + kNThreads - 1) / kNThreads;
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
       const int chunk = threadIdx.x + it * kNThreads;
@@ -327,9 +394,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   Element* sQ = reinterpret_cast<Element*>(smem_raw);
   Element* sQv = sQ + Traits::kSmemQ;
   Element* sKV = sQv + Traits::kSmemQv;  // kStages x (K block, V block)
-  // (kStages, 2, kBlockN) paged row offsets, past whichever of main loop / epilogue is larger.
+  // Past whichever of main loop / epilogue is larger: (kBlockM, 2) row bounds, then
+  // (kStages, 2, kBlockN) paged row offsets.
   int64_t* sRowOffsets =
       reinterpret_cast<int64_t*>(smem_raw + Traits::kSmemBytes - Traits::kSmemRowOffsets);
+  int2* sRowBounds = reinterpret_cast<int2*>(reinterpret_cast<unsigned char*>(sRowOffsets) - Traits::kSmemRowBounds);
 
   const int num_m_blocks = (gridDim.x + params.num_splits - 1) / params.num_splits;
   // Row tiles in reverse: the grid starts with the last rows of each (head, batch), which see
@@ -444,23 +513,23 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   uint32_t q_frag[Traits::kQInRegs ? kMSlabs : 1][Traits::kQInRegs ? kD / 16 : 1][4];
   if (has_keys) {
-    const Element* gQ = static_cast<const Element*>(params.q) + seq.q_offset;
-    load_tile<kNThreads, kBlockM, typename Traits::TileQ>(
-        sQ,
-        [&](int r) {
-          const int tr = row0 + r;
-          return gQ + int64_t(rows.query(tr)) * params.q_row_stride + int64_t(rows.head(tr)) * params.q_head_stride;
-        },
-        last_used - row0 + 1);
+    const QueryRows<Element> q_rows{static_cast<const Element*>(params.q) + seq.q_offset, params.q_row_stride,
+                                    params.q_head_stride, rows, row0};
+    load_tile<kNThreads, kBlockM, typename Traits::TileQ>(sQ, q_rows, last_used - row0 + 1);
     if (has_qv) {
-      const Element* gQv = static_cast<const Element*>(params.qv) + seq.qv_offset;
-      load_tile<kNThreads, kBlockM, typename Traits::TileV>(
-          sQv,
-          [&](int r) {
-            const int tr = row0 + r;
-            return gQv + int64_t(rows.query(tr)) * params.qv_row_stride + int64_t(rows.head(tr)) * params.qv_head_stride;
-          },
-          last_used - row0 + 1);
+      const QueryRows<Element> qv_rows{static_cast<const Element*>(params.qv) + seq.qv_offset, params.qv_row_stride,
+                                       params.qv_head_stride, rows, row0};
+      load_tile<kNThreads, kBlockM, typename Traits::TileV>(sQv, qv_rows, last_used - row0 + 1);
+    }
+    // Each row's visible keys (rows that do not attend see none), for the masked blocks: once
+    // per tile, one thread per row, where recomputing them in every masked block took the
+    // runtime divisions of chunks and packed rows into the loop body (8.5 of the d64 loop's 41
+    // KB of code, whose instruction fetch stalled the short causal tiles). The first
+    // iteration's barrier publishes them.
+    for (int r = threadIdx.x; r < kBlockM; r += kNThreads) {
+      const int tr = row0 + r;
+      const bool attends = tr < used_rows;
+      sRowBounds[r] = attends ? make_int2(mask.lo(rows.query(tr)), mask.hi(rows.query(tr))) : make_int2(1, 0);
     }
     // Prologue: Q joins the first group; blocks n_block_min .. + kStages - 2 go in flight.
     if (paged) {
@@ -531,16 +600,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
     // Per-element test only where some row of the tile may not see the whole key block.
     if (blocks.needs_mask(n_block)) {
-      // Each row's bounds are recomputed here rather than kept in registers across the loop:
-      // only boundary blocks come this way, and the 4 * kMSlabs registers they would hold are
-      // what the large-head-dim tiles lack (d128 spilled with them).
+      // Row bounds come from smem rather than registers held across the loop: only boundary
+      // blocks come this way, and the 4 * kMSlabs registers they would hold are what the
+      // large-head-dim tiles lack (d128 spilled with them).
 #pragma unroll
       for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const int tr = row0 + warp_row0 + s * 16 + g + 8 * r;
-          const bool attends = tr < used_rows;
-          const int lo = attends ? mask.lo(rows.query(tr)) : 1, hi = attends ? mask.hi(rows.query(tr)) : 0;
+          const int2 bounds = sRowBounds[warp_row0 + s * 16 + g + 8 * r];
+          const int lo = bounds.x, hi = bounds.y;
 #pragma unroll
           for (int i = 0; i < kNTilesS; ++i)
 #pragma unroll
