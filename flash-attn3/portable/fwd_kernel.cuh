@@ -191,7 +191,7 @@ template <typename Element>
 struct QueryCursor {
   const Element* base;
   int64_t row_stride, head_stride;
-  int query, head, group;  // head within the group; group 1 without pack_gqa
+  int query, head, group;  // head within the group (0 without pack_gqa)
   int step_q, step_h;      // a step of rows in queries and heads
   __device__ const Element* get() const {
     return base + int64_t(query) * row_stride + int64_t(head) * head_stride;
@@ -201,12 +201,14 @@ struct QueryCursor {
     if (head >= group) head -= group, ++query;
   }
 };
+// The first row and the step through the row map itself (without pack_gqa the head offsets stay
+// 0, below any group size).
 template <typename Element>
 __device__ __forceinline__ QueryCursor<Element> row_cursor(const QueryRows<Element>& src, int row, int step) {
-  const int group = src.rows.packed ? src.rows.group : 1, r = src.row0 + row;
-  return {src.base + int64_t(src.rows.head0) * src.head_stride, src.row_stride, src.head_stride,
-          int(unsigned(r) / unsigned(group)), int(unsigned(r) % unsigned(group)), group,
-          int(unsigned(step) / unsigned(group)), int(unsigned(step) % unsigned(group))};
+  const RowMap& m = src.rows;
+  const int r = src.row0 + row;
+  return {src.base + int64_t(m.head0) * src.head_stride, src.row_stride, src.head_stride,
+          m.query(r), m.head(r) - m.head0, m.group, m.query(step), m.head(step) - m.head0};
 }
 
 // Rows per pass of load_tile: the largest divisor of kRows whose rows' 16-byte chunks the CTA's
