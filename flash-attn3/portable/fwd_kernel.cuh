@@ -51,10 +51,34 @@ struct RowTile {
       return row * kRow + col;
     }
   }
+  // ldmatrix addressing (byte addresses in the shared window; 16-bit elements). A lane reads
+  // rows r0 + dr and chunks c0 + dc of the tile, with its (r0, c0) fixed for the whole loop and
+  // (dr, dc) constants of the unrolled fragment loops: dr a multiple of 8 (the swizzle repeats
+  // every 8 rows) and dc's low three bits disjoint from c0's (c0 + dc = c0 ^ dc there). Then the
+  // swizzled chunk of (r0 + dr, c0 + dc) is that of (r0, c0) XOR dc's low bits, so the lane's
+  // address of (r0, c0) is computed once (lane_offset, added to a tile base aligned to 128
+  // bytes) and each fragment costs one XOR with an immediate and an immediate offset
+  // (fragment). offset() per fragment cost ~5 integer instructions: about 200 of a d128 key
+  // block's 1350 (H100 ncu, bf16 d128 4k, where FA2 runs 1230).
+  __device__ __forceinline__ static uint32_t lane_offset(int r0, int c0) {
+    if constexpr (kSwizzled) {
+      return uint32_t(r0 * kRow * 2 + (c0 & ~7) * 16 + ((c0 ^ r0) & 7) * 16);
+    } else {
+      return uint32_t((r0 * kRow + c0 * 8) * 2);
+    }
+  }
+  __device__ __forceinline__ static uint32_t fragment(uint32_t lane_addr, int dr, int dc) {
+    if constexpr (kSwizzled) {
+      return (lane_addr ^ uint32_t((dc & 7) * 16)) + uint32_t(dr * kRow * 2 + (dc & ~7) * 16);
+    } else {
+      return lane_addr + uint32_t((dr * kRow + dc * 8) * 2);
+    }
+  }
 };
 
 template <typename Element_, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kRowWarps_,
-          int kColWarps_, int kKeyWarps_, bool kQInRegs_, int kStages_, bool kSwizzle_, bool kMergeSplits_>
+          int kColWarps_, int kKeyWarps_, bool kQInRegs_, int kStages_, bool kSwizzle_, bool kMergeSplits_,
+          bool kLazyRescale_>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kD = kD_, kDV = kDV_;
@@ -64,6 +88,8 @@ struct FwdTraits {
   static constexpr int kStages = kStages_;
   // With split counters, the last split CTA of a tile merges the tile's partials (no combine grid).
   static constexpr bool kMergeSplits = kMergeSplits_;
+  // Online softmax whose running max moves only by more than a slack (see the key-block loop).
+  static constexpr bool kLazyRescale = kLazyRescale_;
   static constexpr int kNWarps = kRowWarps * kColWarps * kKeyWarps;
   static constexpr int kNThreads = kNWarps * 32;
   static constexpr int kMSlabs = kBlockM / (16 * kRowWarps);  // 16-row slabs per warp
@@ -105,6 +131,13 @@ struct FwdTraits {
   static_assert(kNThreads >= kBlockN, "one thread fetches each key row's paged offsets");
   static_assert(kStages >= 2, "the K/V ring needs a stage in flight besides the one computed on");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
+  // RowTile::fragment: swizzled tiles start at multiples of 128 bytes, and a column warp's first
+  // chunk leaves the swizzled low three chunk bits to the lane.
+  static_assert(!TileV::kSwizzled || ((kSmemQ + kSmemQv + kSmemK) * 2) % 128 == 0, "V stage base alignment");
+  static_assert(!TileV::kSwizzled || (kSmemQ * 2) % 128 == 0, "Qv base alignment");
+  static_assert(!TileQ::kSwizzled || ((kSmemQ + kSmemQv) * 2) % 128 == 0, "K stage base alignment");
+  static_assert((kSmemStage * 2) % 128 == 0 || !(TileQ::kSwizzled || TileV::kSwizzled), "stage alignment");
+  static_assert(!TileV::kSwizzled || kColWarps == 1 || (kDVPerWarp / 8) % 8 == 0, "column warp chunk alignment");
 };
 
 // Tile row r -> (query position, head). Without pack_gqa every row has the CTA's head; with it,
@@ -238,6 +271,15 @@ __device__ __forceinline__ void load_tile(Element* smem, const RowAddr& src, int
     if (kRowStep * kChunksPerRow < kNThreads && int(threadIdx.x) >= kRowStep * kChunksPerRow) return;
     const int row0 = threadIdx.x / kChunksPerRow, col = (threadIdx.x % kChunksPerRow) * 8;
     auto cursor = row_cursor(src, row0, kRowStep);
+    // Unpaged K / V: a whole block (all but a sequence's last) skips the row test.
+    if (std::is_same_v<RowAddr, StridedRows<Element>> && rows_valid >= kRows) {
+#pragma unroll
+      for (int it = 0; it < kIters; ++it) {
+        cp_async_16(smem + Tile::offset(row0 + it * kRowStep, col), cursor.get() + col, true);
+        cursor.next();
+      }
+      return;
+    }
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
       const int row = row0 + it * kRowStep;
@@ -260,14 +302,26 @@ __device__ __forceinline__ void load_tile(Element* smem, const RowAddr& src, int
   }
 }
 
-// acc[s][n] += A_s B^T over kK: A rows from sA (this warp's slabs at a_row0), B rows (this
-// warp's keys) from sB, both laid out as Tile (kK = Tile::kCols). With kARegs the A fragments
-// come from registers instead: a_regs is (kMSlabs, kK / 16, 4) flattened.
+// A operand lanes of mma m16n8k16 (ldmatrix x4 over a 16 x 16 block): row lane % 16, chunk
+// lane / 16, from the warp's first row.
+template <typename Tile>
+__device__ __forceinline__ uint32_t a_lane_offset(int row0, int lane) {
+  return Tile::lane_offset(row0 + lane % 16, lane / 16);
+}
+// B operand lanes from rows of keys (ldmatrix x4 over two n8 tiles x k16): row lane % 8, + 8 for
+// the second tile, chunk (lane / 8) % 2.
+template <typename Tile>
+__device__ __forceinline__ uint32_t b_lane_offset(int key0, int lane) {
+  return Tile::lane_offset(key0 + lane % 8 + (lane / 16) * 8, (lane / 8) % 2);
+}
+
+// acc[s][n] += A_s B^T over kK: A from a_lane (the lane's a_lane_offset into this warp's slabs),
+// B from b_lane (its b_lane_offset into this warp's keys), both laid out as Tile (kK =
+// Tile::kCols). With kARegs the A fragments come from registers instead: a_regs is (kMSlabs,
+// kK / 16, 4) flattened.
 template <typename Traits, typename Tile, bool kARegs>
 __device__ __forceinline__ void gemm_scores(float (&acc)[Traits::kMSlabs][Traits::kKeysPerWarp / 8][4],
-                                            const typename Traits::Element* sA, int a_row0,
-                                            const typename Traits::Element* sB, const uint32_t* a_regs,
-                                            int lane) {
+                                            uint32_t a_lane, uint32_t b_lane, const uint32_t* a_regs) {
   using Element = typename Traits::Element;
   constexpr int kK = Tile::kCols;
 #pragma unroll
@@ -279,14 +333,14 @@ __device__ __forceinline__ void gemm_scores(float (&acc)[Traits::kMSlabs][Traits
 #pragma unroll
         for (int e = 0; e < 4; ++e) a[s][e] = a_regs[(s * (kK / 16) + kk) * 4 + e];
       } else {
-        ldmatrix_x4(a[s], sA + Tile::offset(a_row0 + s * 16 + lane % 16, kk * 16 + (lane / 16) * 8));
+        ldmatrix_x4(a[s], Tile::fragment(a_lane, s * 16, kk * 2));
       }
     }
 #pragma unroll
     for (int nt = 0; nt < Traits::kKeysPerWarp / 8; nt += 2) {
       // Matrices: (keys nt*8.., k lo), (keys nt*8.., k hi), (keys nt*8+8.., k lo), (.., k hi).
       uint32_t b[4];
-      ldmatrix_x4(b, sB + Tile::offset(nt * 8 + lane % 8 + (lane / 16) * 8, kk * 16 + ((lane / 8) % 2) * 8));
+      ldmatrix_x4(b, Tile::fragment(b_lane, nt * 8, kk * 2));
 #pragma unroll
       for (int s = 0; s < Traits::kMSlabs; ++s) {
         mma_16816<Element>(acc[s][nt], a[s], b[0], b[1]);
@@ -385,14 +439,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
   constexpr int kD = Traits::kD, kDV = Traits::kDV, kMSlabs = Traits::kMSlabs;
-  constexpr int kRowQ = Traits::kRowQ, kRowV = Traits::kRowV;
   constexpr int kNTilesS = Traits::kKeysPerWarp / 8;   // n8 tiles of S per slab
   constexpr int kNTilesO = Traits::kDVPerWarp / 8;     // n8 tiles of O per slab
   constexpr int kNThreads = Traits::kNThreads;
   constexpr float kLog2e = 1.4426950408889634f;
   constexpr float kLn2 = 0.6931471805599453f;
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   Element* sQ = reinterpret_cast<Element*>(smem_raw);
   Element* sQv = sQ + Traits::kSmemQ;
   Element* sKV = sQv + Traits::kSmemQv;  // kStages x (K block, V block)
@@ -513,6 +566,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const float score_to_log2 = use_softcap ? kLog2e : params.softmax_scale * kLog2e;
   const float softcap_in = use_softcap ? params.softmax_scale / params.softcap : 0.f;
 
+  // ldmatrix lane addresses (RowTile::fragment): Q and Qv as A operands; K (B of Q K^T) and V
+  // (B of Qv V^T, and transposed for P V) as offsets into a K/V stage.
+  const uint32_t q_lane = smem_addr(sQ) + a_lane_offset<typename Traits::TileQ>(warp_row0, lane);
+  const uint32_t qv_lane = smem_addr(sQv) + a_lane_offset<typename Traits::TileV>(warp_row0, lane);
+  const uint32_t k_lane = b_lane_offset<typename Traits::TileQ>(warp_key0, lane);
+  const uint32_t v_lane = Traits::kSmemK * 2 + b_lane_offset<typename Traits::TileV>(warp_key0, lane);
+  const uint32_t vt_lane = Traits::kSmemK * 2 + Traits::TileV::lane_offset(warp_key0 + lane % 8 + ((lane / 8) % 2) * 8,
+                                                                          col_warp * Traits::kDVPerWarp / 8 + lane / 16);
   uint32_t q_frag[Traits::kQInRegs ? kMSlabs : 1][Traits::kQInRegs ? kD / 16 : 1][4];
   if (has_keys) {
     const QueryRows<Element> q_rows{static_cast<const Element*>(params.q) + seq.q_offset, params.q_row_stride,
@@ -554,7 +615,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
         for (int kk = 0; kk < kD / 16; ++kk)
-          ldmatrix_x4(q_frag[s][kk], sQ + Traits::TileQ::offset(warp_row0 + s * 16 + lane % 16, kk * 16 + (lane / 16) * 8));
+          ldmatrix_x4(q_frag[s][kk], Traits::TileQ::fragment(q_lane, s * 16, kk * 2));
     }
   }
 
@@ -577,8 +638,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     // math rather than before it: pages of 64 +1-4%, of 16 -1..+1%, of 1 -1..-2%.
     const int page = next_page;
     if (paged && threadIdx.x < offset_threads) next_page = row_page(n_block + Traits::kStages + 1);
-    const Element* sK = sKV + (it % Traits::kStages) * Traits::kSmemStage;
-    const Element* sV = sK + Traits::kSmemK;
+    const uint32_t stage = smem_addr(sKV) + (it % Traits::kStages) * Traits::kSmemStage * 2;
 
     // S = Q K^T (+ Qv V^T): (kMSlabs, kNTilesS, 4) fp32.
     float acc_s[kMSlabs][kNTilesS][4];
@@ -586,11 +646,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
       for (int i = 0; i < kNTilesS; ++i) acc_s[s][i][0] = acc_s[s][i][1] = acc_s[s][i][2] = acc_s[s][i][3] = 0.f;
-    gemm_scores<Traits, typename Traits::TileQ, Traits::kQInRegs>(acc_s, sQ, warp_row0, sK + warp_key0 * kRowQ,
-                                                            &q_frag[0][0][0], lane);
+    gemm_scores<Traits, typename Traits::TileQ, Traits::kQInRegs>(acc_s, q_lane, stage + k_lane, &q_frag[0][0][0]);
     if constexpr (Traits::kHasQvSmem) {
-      if (has_qv)
-        gemm_scores<Traits, typename Traits::TileV, false>(acc_s, sQv, warp_row0, sV + warp_key0 * kRowV, nullptr, lane);
+      if (has_qv) gemm_scores<Traits, typename Traits::TileV, false>(acc_s, qv_lane, stage + v_lane, nullptr);
     }
     if (use_softcap) {
 #pragma unroll
@@ -621,7 +679,34 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
     }
 
-    // Online softmax; the four lanes of a quad share a row.
+    // Online softmax; the four lanes of a quad share a row. exponentiate() turns a row of S into
+    // P against the row's running max (m_scaled: in log2 units, 0 while the row has seen nothing,
+    // so that exp2(-inf - 0) = 0) and returns its sum; rescale() moves a row's running max to the
+    // block's, scaling its sum and O.
+    auto exponentiate = [&](int s, int r, float m_scaled) {
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < kNTilesS; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pv = exp2f(acc_s[s][i][2 * r + e] * score_to_log2 - m_scaled);
+          acc_s[s][i][2 * r + e] = pv;
+          sum += pv;
+        }
+      return sum;
+    };
+    auto scaled_max = [&](float m) { return m == -INFINITY ? 0.f : m * score_to_log2; };
+    auto rescale = [&](int s, int r, float block_max) {
+      const float alpha = exp2f(row_max[s][r] * score_to_log2 - scaled_max(block_max));
+      row_max[s][r] = block_max;
+      row_sum[s][r] *= alpha;
+#pragma unroll
+      for (int i = 0; i < kNTilesO; ++i) {
+        acc_o[s][i][2 * r] *= alpha;
+        acc_o[s][i][2 * r + 1] *= alpha;
+      }
+    };
+    float block_max[kMSlabs][2];
 #pragma unroll
     for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
@@ -630,27 +715,42 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 #pragma unroll
         for (int i = 0; i < kNTilesS; ++i) mx = fmaxf(mx, fmaxf(acc_s[s][i][2 * r], acc_s[s][i][2 * r + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        // A row with nothing visible yet keeps max -inf; use 0 so that exp2(-inf - 0) = 0.
-        const float mx_scaled = mx == -INFINITY ? 0.f : mx * score_to_log2;
-        const float alpha = exp2f(row_max[s][r] * score_to_log2 - mx_scaled);
-        row_max[s][r] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int i = 0; i < kNTilesS; ++i)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float pv = exp2f(acc_s[s][i][2 * r + e] * score_to_log2 - mx_scaled);
-            acc_s[s][i][2 * r + e] = pv;
-            sum += pv;
-          }
-        row_sum[s][r] = row_sum[s][r] * alpha + sum;
-#pragma unroll
-        for (int i = 0; i < kNTilesO; ++i) {
-          acc_o[s][i][2 * r] *= alpha;
-          acc_o[s][i][2 * r + 1] *= alpha;
-        }
+        block_max[s][r] = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       }
+    if constexpr (Traits::kLazyRescale) {
+      // The running max moves only when the block's exceeds it by more than kMaxSlack (log2
+      // units: P stays below 2^8, safe for bf16 / fp16 P and the fp32 sums); O, the sum and the
+      // LSE all use the max that P was taken against, so the result is exact. While no row of
+      // the warp moves (past a sequence's first blocks, nearly always) the warp skips the
+      // rescale: kMSlabs * kNTilesO * 4 multiplies, 128 of a d128 key block's ~1080 instructions.
+      constexpr float kMaxSlack = 8.f;
+      bool moves = false;
+#pragma unroll
+      for (int s = 0; s < kMSlabs; ++s)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const float m = row_max[s][r], mx = block_max[s][r];
+          moves |= mx > m && (m == -INFINITY || (mx - m) * score_to_log2 > kMaxSlack);
+        }
+      if (__any_sync(0xffffffffu, moves)) {
+#pragma unroll
+        for (int s = 0; s < kMSlabs; ++s)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) rescale(s, r, block_max[s][r]);
+      }
+#pragma unroll
+      for (int s = 0; s < kMSlabs; ++s)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) row_sum[s][r] += exponentiate(s, r, scaled_max(row_max[s][r]));
+    } else {
+#pragma unroll
+      for (int s = 0; s < kMSlabs; ++s)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          rescale(s, r, block_max[s][r]);
+          row_sum[s][r] += exponentiate(s, r, scaled_max(row_max[s][r]));
+        }
+    }
 
     // O += P V: P (16 x kKeysPerWarp per slab) as A fragments, one k16 step per pair of S tiles.
 #pragma unroll
@@ -667,8 +767,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       for (int nt = 0; nt < kNTilesO; nt += 2) {
         // Matrices: (keys lo, d nt*8..), (keys hi, d nt*8..), (keys lo, d +8), (keys hi, d +8).
         uint32_t b[4];
-        ldmatrix_x4_trans(b, sV + Traits::TileV::offset(warp_key0 + kk * 16 + lane % 8 + ((lane / 8) % 2) * 8,
-                                                        col_warp * Traits::kDVPerWarp + nt * 8 + (lane / 16) * 8));
+        ldmatrix_x4_trans(b, Traits::TileV::fragment(stage + vt_lane, kk * 16, nt));
 #pragma unroll
         for (int s = 0; s < kMSlabs; ++s) {
           mma_16816<Element>(acc_o[s][nt], p_frag[s], b[0], b[1]);
