@@ -34,8 +34,8 @@ namespace sgl_fa3::portable {
 // aligned segment, so a warp's cp.async of whole rows writes whole segments. (Rows padded by 16
 // bytes split those segments: the L1 then sent ~2.3 sectors per L2 request and fetched 56% more
 // L2 sectors than the tile holds, which cost decode ~5% of DRAM bandwidth on an H100.) The
-// swizzle costs address arithmetic per ldmatrix, so register-bound tiles may keep padded rows
-// (the tile table chooses); other row lengths (d 96) are always padded by 16 bytes.
+// swizzle costs an XOR per ldmatrix fragment (fragment()) and per cp.async, so tiles may keep
+// padded rows (the tile table chooses); other row lengths (d 96) are always padded by 16 bytes.
 template <int kCols_, bool kSwizzle>
 struct RowTile {
   static constexpr int kCols = kCols_;

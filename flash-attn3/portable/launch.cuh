@@ -19,8 +19,8 @@ namespace sgl_fa3::portable {
 // kN 64. Measured on an H200 (bf16) against the previous tiles, 128 / 64 with Q in registers and
 // 128 / 32: d64 +5 to +16% non-causal, +6 to +8% causal >= 4k, -5% causal 512; d128 +1 to +9%
 // at seqlen >= 1k, -6% causal 512 (tiles of 1-4 key blocks, the diagonal one half masked).
-// d128 spills 80-110 bytes on sm90a, as the code around it changes (10-17 local loads / stores
-// per key block beside its 256 MMAs), and is still the fastest of the tiles measured. d256
+// d128 spills (32 bytes on sm90a, 72 / 96 on sm80; 2 and 4 local loads / stores per key block
+// beside its 256 MMAs) and is still the fastest of the tiles measured. d256
 // takes kN 32 to stay within the 163 KB of shared memory an A100 block can have. Absorbed MLA
 // (64 -> 256/512) splits the output columns over column warps (O would need 128-256 registers
 // per thread). Two stages: the next K/V block loads while the current one is computed.
