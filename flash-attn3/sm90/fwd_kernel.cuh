@@ -65,7 +65,7 @@ __device__ void consume_split_dv(const FwdParams& p, typename Traits::SharedStor
   constexpr int kRows = decltype(size<0>(make_tensor(o.data(), rowcol_layout(o.layout()))))::value;
   float o_scale[kRows], lse[kRows];
   if (group == 0) {
-    OnlineSoftmax<kRows> softmax(score_to_log2);
+    OnlineSoftmax<kRows, Traits::kLazyRescale> softmax(score_to_log2);
     Loop::consume_scores(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, t, o, softmax, handoffs);
     float sink[kRows];
     Epilogue<Traits>::row_sinks(p, w, t, sink);
@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
                                      p_handoffs);
           } else {
             Tensor o = new_accumulator();
-            OnlineSoftmax<kRows> softmax(score_to_log2);
+            OnlineSoftmax<kRows, Traits::kLazyRescale> softmax(score_to_log2);
             const bool saw_keys = Loop::consume(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread_idx, o,
                                                 softmax, finish_previous);
             float sink[kRows], o_scale[kRows];

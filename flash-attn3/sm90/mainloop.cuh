@@ -8,7 +8,7 @@
 //
 // Consumer warp group g (rows 64 g .. 64 g + 63 of the tile), per key block, software-pipelined:
 //   issue S_n = Q K_n^T           (async wgmma, smem x smem)
-//   rescale O by block n + 1's factor (overlaps the Q K^T wgmma)
+//   rescale O by block n + 1's factor, if a row's max moved (overlaps the Q K^T wgmma)
 //   issue O  += P_{n+1} V_{n+1}   (async wgmma, registers x smem; the previous block's P)
 //   wait S_n; release K_n; mask, online softmax of S_n (overlaps the P.V wgmma)
 //   wait P.V; release V_{n+1}; P_n = bf16(S_n)
@@ -649,6 +649,7 @@ struct Mainloop {
     for (int n = w.n_block_max - 1; n >= wg.n_block_max; --n) skip_block(n);
     if (wg.has_keys()) {
       float o_scale[kRows];
+      bool rescale_o = false;  // some row's o_scale differs from 1 (OnlineSoftmax::update)
       bool first_pv = true;
       int n = wg.n_block_max - 1;
       wait_kv(gathered, pipe_k, state);
@@ -661,7 +662,7 @@ struct Mainloop {
       pipe_k.consumer_release(state);
       ++state;
       score_transform(n);
-      softmax.update(s_rc, o_scale);
+      rescale_o = softmax.update(s_rc, o_scale);
       convert_fragment(s, pr);
       for (--n; n >= wg.n_block_min; --n) {
         wait_kv(gathered, pipe_k, state);
@@ -670,7 +671,7 @@ struct Mainloop {
         wgmma(mma_qk, tSrQ, tSrK(_, _, _, state.index()), s, true);
         // O holds nothing before the first P.V; after, rescale it by block n + 1's factor while
         // the tensor cores run Q K_n^T.
-        if (!first_pv) scale_rows(o_rc, o_scale);
+        if (!first_pv && rescale_o) scale_rows(o_rc, o_scale);
         wgmma(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o, first_pv);
         first_pv = false;
         pass_turn();
@@ -679,7 +680,7 @@ struct Mainloop {
         pipe_k.consumer_release(state);
         ++state;
         score_transform(n);
-        softmax.update(s_rc, o_scale);
+        rescale_o = softmax.update(s_rc, o_scale);
         hold_until_wait(pr, p.num_heads <= 0, smem.k.data());
         warpgroup_wait<0>();
         pipe_v.consumer_release(state_v);
@@ -688,7 +689,7 @@ struct Mainloop {
       }
       wait_kv(gathered, pipe_v, state_v);
       take_turn();
-      if (!first_pv) scale_rows(o_rc, o_scale);
+      if (!first_pv && rescale_o) scale_rows(o_rc, o_scale);
       wgmma(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o, first_pv);
       pass_turn();
       warpgroup_wait<0>();

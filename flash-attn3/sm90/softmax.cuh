@@ -51,8 +51,9 @@ __device__ __forceinline__ float quad_sum(float x) {
 
 // Running max and sum of each of the thread's kRows rows. Scores stay in the units the MMA
 // produced (or tanh units with softcap); exp(logit - m) = exp2(s * c - m * c), with
-// c = score_to_log2 (softmax scale, or softcap, times log2 e).
-template <int kRows>
+// c = score_to_log2 (softmax scale, or softcap, times log2 e). kLazy: the running max moves only
+// by more than a slack (update).
+template <int kRows, bool kLazy>
 struct OnlineSoftmax {
   float row_max[kRows];
   float row_sum[kRows];  // this thread's columns only; summed over the quad at the end
@@ -64,20 +65,37 @@ struct OnlineSoftmax {
   }
 
   // s: (kRows, cols) scores -> probabilities in place. o_scale: the factor every row of O
-  // accumulated so far must be multiplied by.
+  // accumulated so far must be multiplied by; returns false when all of them are 1 for every
+  // thread of the warp (O needs no rescale). kLazy: a row's running max moves only when the
+  // block's exceeds it by more than kMaxSlack (log2 units: P stays below 2^8, safe for bf16 /
+  // fp16 P and the fp32 sums); O, the sum and the LSE all use the max P was taken against, so
+  // the result is exact, and past a sequence's first blocks the warp nearly always skips the
+  // rescale.
   template <class TensorS>
-  __device__ __forceinline__ void update(TensorS& s, float (&o_scale)[kRows]) {
+  __device__ __forceinline__ bool update(TensorS& s, float (&o_scale)[kRows]) {
     static_assert(decltype(size<0>(s))::value == kRows, "row count of the score view");
+    constexpr float kMaxSlack = 8.f;
+    float block_max[kRows];
+    bool moves = false;
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
-      float block_max = row_max[i];
+      float m = row_max[i];
 #pragma unroll
-      for (int j = 0; j < size<1>(s); ++j) block_max = fmaxf(block_max, s(i, j));
-      block_max = quad_max(block_max);
+      for (int j = 0; j < size<1>(s); ++j) m = fmaxf(m, s(i, j));
+      block_max[i] = quad_max(m);
+      moves |= block_max[i] > row_max[i] &&
+               (row_max[i] == -INFINITY || (block_max[i] - row_max[i]) * score_to_log2 > kMaxSlack);
+    }
+    const bool rescale = !kLazy || __any_sync(0xffffffffu, moves);
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
       // A row with nothing visible yet keeps max -inf: exp2(-inf - 0) = 0 and O stays 0.
-      o_scale[i] = block_max == -INFINITY ? 1.f : exp2f((row_max[i] - block_max) * score_to_log2);
-      row_max[i] = block_max;
-      const float base = block_max == -INFINITY ? 0.f : block_max * score_to_log2;
+      o_scale[i] = 1.f;
+      if (rescale && block_max[i] != -INFINITY) {
+        o_scale[i] = exp2f((row_max[i] - block_max[i]) * score_to_log2);
+        row_max[i] = block_max[i];
+      }
+      const float base = row_max[i] == -INFINITY ? 0.f : row_max[i] * score_to_log2;
       float sum = 0.f;
 #pragma unroll
       for (int j = 0; j < size<1>(s); ++j) {
@@ -86,6 +104,7 @@ struct OnlineSoftmax {
       }
       row_sum[i] = row_sum[i] * o_scale[i] + sum;
     }
+    return rescale;
   }
 
   // Final per-row output scale exp(m - m') / (sum exp(m - m') + exp(sink - m')), m' = max(m, sink),

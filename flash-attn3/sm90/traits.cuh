@@ -59,7 +59,7 @@ enum class BarrierId : int {
 // (a 64 x dv fp32 O would not fit one group's registers). Group 0 computes S and the softmax and
 // hands P to group 1 through shared memory.
 template <typename CudaElement, int kD_, int kDV_, int kBlockM_, int kBlockN_, int kStages_, bool kPingPong_,
-          bool kQv_>
+          bool kQv_, bool kLazyRescale_>
 struct Traits {
   using Element = CuteElement<CudaElement>;
   static constexpr int kD = kD_, kDV = kDV_;
@@ -68,6 +68,9 @@ struct Traits {
   // tensor cores work for another.
   static constexpr bool kPingPong = kPingPong_;
   static constexpr bool kQv = kQv_;
+  // The online softmax's running max moves only by more than a slack, and O is rescaled only
+  // when it moved (OnlineSoftmax::update).
+  static constexpr bool kLazyRescale = kLazyRescale_;
   static constexpr int kConsumerGroups = kQv ? 2 : kBlockM / 64;
   static constexpr int kDVGroup = kQv ? kDV / 2 : kDV;  // O columns of one consumer group
   static constexpr int kConsumerThreads = kConsumerGroups * 128;
