@@ -35,10 +35,10 @@ struct PrefillTile;
 // Prefill tiles leave split merging to the combine kernel: a split prefill call is compute-bound,
 // its combine a small part of it, and merge code would add to the register pressure of tiles that
 // spill already (d128).
-// kLazyRescale (skip the O rescale while the running max holds, see fwd_kernel) only on d128,
-// where O's multiplies outnumber the block's exponentials two to one. H100, bf16, 512-16k keys,
-// against rescaling every block: d128 +0-3%; d64 -2 to -5%, d96 0 to -4%, d192 / d256 -1.4 to
-// +0.3% (the skipped multiplies then cost less than the vote and the branch around them).
+// kLazyRescale (skip the O rescale while the running max holds, see fwd_kernel) only where it
+// measured faster. H100, bf16, 512-16k keys, against rescaling every block: d128 (128 O
+// multiplies a block against 64 exponentials) +0-3%; d64 (64 against 128) -2 to -5%, d96 0 to
+// -4%; d192 / d256 (one slab per warp, 96 / 128 against 32 / 16) -1.4 to +0.3%.
 template <> struct PrefillTile<64, 64>   { static constexpr int kM = 128, kN = 128, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = true, kMergeSplits = false, kLazyRescale = false; };
 template <> struct PrefillTile<96, 96>   { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = false, kMergeSplits = false, kLazyRescale = false; };
 template <> struct PrefillTile<128, 128> { static constexpr int kM = 128, kN = 64, kRowWarps = 4, kColWarps = 1, kKeyWarps = 1, kStages = 2; static constexpr bool kQInRegs = false, kSwizzle = true, kMergeSplits = false, kLazyRescale = true; };

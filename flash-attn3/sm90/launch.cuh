@@ -33,11 +33,11 @@ namespace sgl_fa3::sm90 {
 //          O (64 / 128 registers per thread). Q + Qv stay resident (40 / 72 KB); a K/V stage is
 //          kN x (64 + dv): dv 512 fits two stages of 64 keys, dv 256 two of 128.
 // kLazyRescale (O rescaled only when a row's running max moved by more than a slack,
-// OnlineSoftmax::update) where O's columns per thread outnumber S's, so the skipped multiplies
-// outweigh the vote: H100, bf16, 512-16k keys, against rescaling every block: d256 +0-8% (non-
-// causal 16k +6-7.6%), d192 -2.2 to +2.6% over two runs (neutral; on with d256, whose O / S
-// register ratio it shares); d64 -2.5 to -3.7%, d128 0 to -2%, d96 -1.5 to +1%. The
-// absorbed-MLA tile passes the factors to its second group and keeps rescaling.
+// OnlineSoftmax::update) where a thread's O columns are at least twice its scores (d256 128
+// against 40, d192 96 against 48), so the skipped multiplies outweigh the vote. H100, bf16,
+// 512-16k keys, against rescaling every block: d256 +0-8% (non-causal 16k +6-7.6%), d192 -2.2
+// to +2.6% over two runs; d64 -2.5 to -3.7%, d128 0 to -2%, d96 -1.5 to +1%. The absorbed-MLA
+// tile passes the factors to its second group and keeps rescaling.
 // clang-format off
 template <int kD, int kDV> struct Tile;
 template <> struct Tile<64, 64>   { static constexpr int kM = 192, kN = 128, kStages = 2; static constexpr bool kPingPong = true,  kQv = false, kLazyRescale = false; };

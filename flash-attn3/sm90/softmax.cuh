@@ -65,8 +65,8 @@ struct OnlineSoftmax {
   }
 
   // s: (kRows, cols) scores -> probabilities in place. o_scale: the factor every row of O
-  // accumulated so far must be multiplied by; returns false when all of them are 1 for every
-  // thread of the warp (O needs no rescale). kLazy: a row's running max moves only when the
+  // accumulated so far must be multiplied by; returns whether O must be rescaled (false only
+  // when every factor of the warp is 1). kLazy: a row's running max moves only when the
   // block's exceeds it by more than kMaxSlack (log2 units: P stays below 2^8, safe for bf16 /
   // fp16 P and the fp32 sums); O, the sum and the LSE all use the max P was taken against, so
   // the result is exact, and past a sequence's first blocks the warp nearly always skips the
