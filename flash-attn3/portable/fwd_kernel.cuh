@@ -19,6 +19,7 @@
 
 #include <cuda_runtime.h>
 
+#include "../lazy_rescale.cuh"
 #include "../mask.h"
 #include "../overlap.cuh"
 #include "../params.h"
@@ -60,6 +61,8 @@ struct RowTile {
   // bytes) and each fragment costs one XOR with an immediate and an immediate offset
   // (fragment). offset() per fragment cost ~5 integer instructions: about 200 of a d128 key
   // block's 1350 (H100 ncu, bf16 d128 4k, where FA2 runs 1230).
+  // lane_offset(r, c) is 2 * offset(r, 8 c), written out: computed through offset(), the same
+  // value reallocated the registers of the whole d64 and d128 tiles.
   __device__ __forceinline__ static uint32_t lane_offset(int r0, int c0) {
     if constexpr (kSwizzled) {
       return uint32_t(r0 * kRow * 2 + (c0 & ~7) * 16 + ((c0 ^ r0) & 7) * 16);
@@ -111,7 +114,8 @@ struct FwdTraits {
   // Visible-key bounds (lo, hi) of each tile row, (kBlockM, 2) int: computed once per tile and
   // read by the masked key blocks.
   static constexpr int kSmemRowBounds = kBlockM * 2 * int(sizeof(int));
-  static constexpr int kSmemMain = (kSmemQ + kSmemQv + kStages * kSmemStage) * int(sizeof(Element));
+  static constexpr int kBytes = int(sizeof(Element));  // per element of the tiles above
+  static constexpr int kSmemMain = (kSmemQ + kSmemQv + kStages * kSmemStage) * kBytes;
   // Epilogue, reusing the main-loop smem: fp32 O of each key warp (rows padded by 8 floats so
   // the fragment stores of 8 rows spread over the banks), per-row max and sum, then each row's
   // output offset.
@@ -133,10 +137,10 @@ struct FwdTraits {
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
   // RowTile::fragment: swizzled tiles start at multiples of 128 bytes, and a column warp's first
   // chunk leaves the swizzled low three chunk bits to the lane.
-  static_assert(!TileV::kSwizzled || ((kSmemQ + kSmemQv + kSmemK) * 2) % 128 == 0, "V stage base alignment");
-  static_assert(!TileV::kSwizzled || (kSmemQ * 2) % 128 == 0, "Qv base alignment");
-  static_assert(!TileQ::kSwizzled || ((kSmemQ + kSmemQv) * 2) % 128 == 0, "K stage base alignment");
-  static_assert((kSmemStage * 2) % 128 == 0 || !(TileQ::kSwizzled || TileV::kSwizzled), "stage alignment");
+  static_assert(!TileV::kSwizzled || (kSmemQ + kSmemQv + kSmemK) * kBytes % 128 == 0, "V stage base alignment");
+  static_assert(!TileV::kSwizzled || kSmemQ * kBytes % 128 == 0, "Qv base alignment");
+  static_assert(!TileQ::kSwizzled || (kSmemQ + kSmemQv) * kBytes % 128 == 0, "K stage base alignment");
+  static_assert(kSmemStage * kBytes % 128 == 0 || !(TileQ::kSwizzled || TileV::kSwizzled), "stage alignment");
   static_assert(!TileV::kSwizzled || kColWarps == 1 || (kDVPerWarp / 8) % 8 == 0, "column warp chunk alignment");
 };
 
@@ -271,14 +275,18 @@ __device__ __forceinline__ void load_tile(Element* smem, const RowAddr& src, int
     if (kRowStep * kChunksPerRow < kNThreads && int(threadIdx.x) >= kRowStep * kChunksPerRow) return;
     const int row0 = threadIdx.x / kChunksPerRow, col = (threadIdx.x % kChunksPerRow) * 8;
     auto cursor = row_cursor(src, row0, kRowStep);
-    // Unpaged K / V: a whole block (all but a sequence's last) skips the row test.
-    if (std::is_same_v<RowAddr, StridedRows<Element>> && rows_valid >= kRows) {
+    // Unpaged K / V: a whole block (all but a sequence's last) skips the row test. Other
+    // sources keep one path: a second copy of every load (Q, paged rows) grew the d64 tile by
+    // 530 instructions, and its short causal tiles wait on instruction fetch.
+    if constexpr (std::is_same_v<RowAddr, StridedRows<Element>>) {
+      if (rows_valid >= kRows) {
 #pragma unroll
-      for (int it = 0; it < kIters; ++it) {
-        cp_async_16(smem + Tile::offset(row0 + it * kRowStep, col), cursor.get() + col, true);
-        cursor.next();
+        for (int it = 0; it < kIters; ++it) {
+          cp_async_16(smem + Tile::offset(row0 + it * kRowStep, col), cursor.get() + col, true);
+          cursor.next();
+        }
+        return;
       }
-      return;
     }
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
@@ -313,6 +321,12 @@ __device__ __forceinline__ uint32_t a_lane_offset(int row0, int lane) {
 template <typename Tile>
 __device__ __forceinline__ uint32_t b_lane_offset(int key0, int lane) {
   return Tile::lane_offset(key0 + lane % 8 + (lane / 16) * 8, (lane / 8) % 2);
+}
+// B operand lanes from V's rows of keys, transposed (ldmatrix x4.trans over k16 keys x two n8
+// column tiles): row lane % 8, + 8 for the second k half, chunk lane / 16 past the first column.
+template <typename Tile>
+__device__ __forceinline__ uint32_t bt_lane_offset(int key0, int col0, int lane) {
+  return Tile::lane_offset(key0 + lane % 8 + ((lane / 8) % 2) * 8, col0 / 8 + lane / 16);
 }
 
 // acc[s][n] += A_s B^T over kK: A from a_lane (the lane's a_lane_offset into this warp's slabs),
@@ -571,9 +585,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const uint32_t q_lane = smem_addr(sQ) + a_lane_offset<typename Traits::TileQ>(warp_row0, lane);
   const uint32_t qv_lane = smem_addr(sQv) + a_lane_offset<typename Traits::TileV>(warp_row0, lane);
   const uint32_t k_lane = b_lane_offset<typename Traits::TileQ>(warp_key0, lane);
-  const uint32_t v_lane = Traits::kSmemK * 2 + b_lane_offset<typename Traits::TileV>(warp_key0, lane);
-  const uint32_t vt_lane = Traits::kSmemK * 2 + Traits::TileV::lane_offset(warp_key0 + lane % 8 + ((lane / 8) % 2) * 8,
-                                                                          col_warp * Traits::kDVPerWarp / 8 + lane / 16);
+  constexpr uint32_t kVOffset = Traits::kSmemK * Traits::kBytes;  // V past K in a stage
+  const uint32_t v_lane = kVOffset + b_lane_offset<typename Traits::TileV>(warp_key0, lane);
+  const uint32_t vt_lane =
+      kVOffset + bt_lane_offset<typename Traits::TileV>(warp_key0, col_warp * Traits::kDVPerWarp, lane);
   uint32_t q_frag[Traits::kQInRegs ? kMSlabs : 1][Traits::kQInRegs ? kD / 16 : 1][4];
   if (has_keys) {
     const QueryRows<Element> q_rows{static_cast<const Element*>(params.q) + seq.q_offset, params.q_row_stride,
@@ -638,7 +653,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     // math rather than before it: pages of 64 +1-4%, of 16 -1..+1%, of 1 -1..-2%.
     const int page = next_page;
     if (paged && threadIdx.x < offset_threads) next_page = row_page(n_block + Traits::kStages + 1);
-    const uint32_t stage = smem_addr(sKV) + (it % Traits::kStages) * Traits::kSmemStage * 2;
+    const uint32_t stage = smem_addr(sKV) + (it % Traits::kStages) * Traits::kSmemStage * Traits::kBytes;
 
     // S = Q K^T (+ Qv V^T): (kMSlabs, kNTilesS, 4) fp32.
     float acc_s[kMSlabs][kNTilesS][4];
@@ -718,19 +733,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         block_max[s][r] = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       }
     if constexpr (Traits::kLazyRescale) {
-      // The running max moves only when the block's exceeds it by more than kMaxSlack (log2
-      // units: P stays below 2^8, safe for bf16 / fp16 P and the fp32 sums); O, the sum and the
-      // LSE all use the max that P was taken against, so the result is exact. While no row of
-      // the warp moves (past a sequence's first blocks, nearly always) the warp skips the
-      // rescale: kMSlabs * kNTilesO * 4 multiplies, 128 of a d128 key block's ~1080 instructions.
-      constexpr float kMaxSlack = 8.f;
+      // The running max moves only past a slack (lazy_rescale.cuh). While no row of the warp
+      // moves (past a sequence's first blocks, nearly always) the warp skips kMSlabs * kNTilesO *
+      // 4 multiplies, 128 of a d128 key block's ~1080 instructions.
       bool moves = false;
 #pragma unroll
       for (int s = 0; s < kMSlabs; ++s)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const float m = row_max[s][r], mx = block_max[s][r];
-          moves |= mx > m && (m == -INFINITY || (mx - m) * score_to_log2 > kMaxSlack);
+          moves |= mx > m && (m == -INFINITY || (mx - m) * score_to_log2 > kRescaleSlack);
         }
       if (__any_sync(0xffffffffu, moves)) {
 #pragma unroll

@@ -8,6 +8,8 @@
 
 #include <cute/tensor.hpp>
 
+#include "../lazy_rescale.cuh"
+
 namespace sgl_fa3::sm90 {
 
 using namespace cute;
@@ -66,15 +68,12 @@ struct OnlineSoftmax {
 
   // s: (kRows, cols) scores -> probabilities in place. o_scale: the factor every row of O
   // accumulated so far must be multiplied by; returns whether O must be rescaled (false only
-  // when every factor of the warp is 1). kLazy: a row's running max moves only when the
-  // block's exceeds it by more than kMaxSlack (log2 units: P stays below 2^8, safe for bf16 /
-  // fp16 P and the fp32 sums); O, the sum and the LSE all use the max P was taken against, so
-  // the result is exact, and past a sequence's first blocks the warp nearly always skips the
+  // when every factor of the warp is 1). kLazy: the rows' running maxes move as
+  // lazy_rescale.cuh says, so past a sequence's first blocks the warp nearly always skips the
   // rescale.
   template <class TensorS>
   __device__ __forceinline__ bool update(TensorS& s, float (&o_scale)[kRows]) {
     static_assert(decltype(size<0>(s))::value == kRows, "row count of the score view");
-    constexpr float kMaxSlack = 8.f;
     float block_max[kRows];
     bool moves = false;
 #pragma unroll
@@ -84,7 +83,7 @@ struct OnlineSoftmax {
       for (int j = 0; j < size<1>(s); ++j) m = fmaxf(m, s(i, j));
       block_max[i] = quad_max(m);
       moves |= block_max[i] > row_max[i] &&
-               (row_max[i] == -INFINITY || (block_max[i] - row_max[i]) * score_to_log2 > kMaxSlack);
+               (row_max[i] == -INFINITY || (block_max[i] - row_max[i]) * score_to_log2 > kRescaleSlack);
     }
     const bool rescale = !kLazy || __any_sync(0xffffffffu, moves);
 #pragma unroll
