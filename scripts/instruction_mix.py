@@ -23,12 +23,12 @@ import os
 import sys
 from pathlib import Path
 
-TOKENS, HIDDEN = 16384, 2048
-
 
 def call(args: argparse.Namespace) -> int:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from bench_prefill import HIDDEN, TOKENS  # the same shapes as the tables
 
     batch, heads = TOKENS // args.seqlen, HIDDEN // args.hdim
     q, k, v = (torch.randn(batch, args.seqlen, heads, args.hdim, dtype=torch.bfloat16, device="cuda")
