@@ -223,11 +223,16 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fwd_kernel(const __grid_c
           } else {
             Tensor o = new_accumulator();
             OnlineSoftmax<kRows, Traits::kLazyRescale> softmax(score_to_log2);
+            float o_scale[kRows];
+            // The rows' final statistics depend on the scores only: computed while the last
+            // P.V runs.
+            const auto finalize = [&] {
+              float sink[kRows];
+              Epi::row_sinks(p, w, thread_idx, sink);
+              softmax.finalize(sink, o_scale, deferred.lse);
+            };
             const bool saw_keys = Loop::consume(p, smem, w, pipe_q, q_state, pipe_k, pipe_v, state, thread_idx, o,
-                                                softmax, finish_previous);
-            float sink[kRows], o_scale[kRows];
-            Epi::row_sinks(p, w, thread_idx, sink);
-            softmax.finalize(sink, o_scale, deferred.lse);
+                                                softmax, finish_previous, finalize);
             if (saw_keys) Epi::normalise(o, o_scale, deferred.out);
             else clear(deferred.out);
             if constexpr (Traits::kDeferEpilogue) {

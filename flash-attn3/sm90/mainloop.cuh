@@ -580,7 +580,9 @@ struct Mainloop {
   // output is 0) and o is left as it was. before_first_wait() runs once, right after the group's
   // first Q K^T has been issued (for a group whose rows see no key, at its only turn), so that
   // what it does (the previous tile's epilogue) overlaps that wgmma; it must not touch o or any
-  // register a wgmma writes.
+  // register a wgmma writes. before_last_wait() runs once, right after the group's last P.V has
+  // been issued (for a group whose rows see no key, after before_first_wait()), so that what it
+  // does (the rows' final statistics) overlaps that wgmma; the same restriction applies.
   // q_state: this tile's Q buffer. Unless O is staged in Q's bytes (then the kernel releases Q
   // after the epilogue), the consumers release Q as soon as their last Q K^T has completed.
   // With Traits::kGroupKeyRanges each group computes only the key blocks its own 64 rows see
@@ -588,11 +590,11 @@ struct Mainloop {
   // tile loads. Blocks outside its range it skips: it still takes and passes its wgmma turn and
   // waits for and releases the stages, so the turns and pipelines stay in step with the other
   // groups.
-  template <class FragO, class Softmax, class BeforeFirstWait>
+  template <class FragO, class Softmax, class BeforeFirstWait, class BeforeLastWait>
   static __device__ bool consume(const FwdParams& p, typename Traits::SharedStorage& smem, const Work& w,
                                  QPipeline& pipe_q, const QState& q_state, Pipeline& pipe_k, Pipeline& pipe_v,
                                  PipelineState& state, int thread_idx, FragO& o, Softmax& softmax,
-                                 BeforeFirstWait&& before_first_wait) {
+                                 BeforeFirstWait&& before_first_wait, BeforeLastWait&& before_last_wait) {
     typename Traits::TiledMmaQK mma_qk;
     typename Traits::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(thread_idx);
@@ -692,6 +694,8 @@ struct Mainloop {
       if (!first_pv && rescale_o) scale_rows(o_rc, o_scale);
       wgmma(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), o, first_pv);
       pass_turn();
+      before_last_wait();
+      hold_until_wait(pr, p.num_heads <= 0, smem.k.data());
       warpgroup_wait<0>();
       pipe_v.consumer_release(state_v);
       ++state_v;  // the blocks below, if the group skips any, come next
@@ -699,6 +703,7 @@ struct Mainloop {
       take_turn();
       pass_turn();
       before_first_wait();
+      before_last_wait();
       if (!Traits::kOInQ) pipe_q.consumer_release(q_state);
     }
     for (int n = wg.n_block_min - 1; n >= w.n_block_min; --n) skip_block(n);
