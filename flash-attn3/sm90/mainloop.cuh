@@ -218,18 +218,21 @@ struct Mainloop {
     static_assert(kBlockN / Traits::kSmallPageBox <= 32, "one producer lane per page box of a key block");
     const int* pages = p.page_table + int64_t(w.batch) * p.page_table_batch_stride;
     const PageSplit split(p.page_size);
-    // Lane b looks up the page of box b of a key block before the stage's acquire, so that the
-    // page-table loads (one per lane, side by side) overlap that wait; lane 0 issues the boxes
-    // after it, each box's page shuffled from its lane. One page per lane keeps the 24-register
-    // producer's state at one register whatever the box count (pages of 16 keys: 8 boxes per d128
-    // block), and the page arithmetic is by shift and mask (PageSplit).
+    // Lane b owns box b of a key block: it looks up the box's page before the stage's acquire, so
+    // that the page-table loads (one per lane, side by side) overlap that wait, and issues the
+    // box's copy after it. One page per lane keeps the 24-register producer's state at one
+    // register whatever the box count (pages of 16 keys: 8 boxes per d128 block), and the page
+    // arithmetic is by shift and mask (PageSplit).
     const auto look_up = [&](int n) {
       if (!paged || thread >= boxes) return 0;
       const int key = n * kBlockN + thread * box_rows;
       return key < w.seq.seqlen_k ? pages[split.page(key)] : p.k_tensor_batch;
     };
     // Block n of one tensor (kCols columns at s_base) into stage `stage`, completing on `barrier`,
-    // in boxes of kRows rows. Every lane of the warp takes part (the shuffles).
+    // in boxes of kRows rows. The lanes issue their boxes in turn, each with its box index a
+    // compile-time constant: a runtime index (the lane's) left the TMA operands to a per-lane
+    // loop that spilled the absorbed-MLA producers (dv 256: 532 bytes), and shuffling the pages
+    // to lane 0 cost the whole warp's convergence in the block loop (d128: 968 bytes).
     const auto copy_boxes = [&](const auto& tma_page, auto rows, auto cols, Element* s_base, auto smem_layout,
                                 uint64_t* barrier, int n, int stage, int page) {
       constexpr int kRows = decltype(rows)::value, kCols = decltype(cols)::value;
@@ -241,10 +244,9 @@ struct Mainloop {
       auto part = tma_partition(tma_page, _0{}, Layout<_1>{}, group_modes<0, 2>(sBox), group_modes<0, 2>(gBox));
       CUTE_UNROLL
       for (int b = 0; b < kBlockN / kRows; ++b) {
-        const int box_page = __shfl_sync(0xffffffff, page, b);
-        if (thread == 0) {
+        if (thread == b) {
           const int row_box = split.row(n * kBlockN + b * kRows) / kRows;
-          copy(tma_page.with(*barrier, 0), get<0>(part)(_, row_box, box_page), get<1>(part)(_, b, _0{}, stage));
+          copy(tma_page.with(*barrier, 0), get<0>(part)(_, row_box, page), get<1>(part)(_, b, _0{}, stage));
         }
       }
     };
