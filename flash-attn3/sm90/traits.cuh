@@ -125,11 +125,13 @@ struct Traits {
   // kPageBox rows; other multiples of 16 keys take boxes of kSmallPageBox rows, and the rest are
   // gathered. On an extend step (H100, bf16 d128) pages of 16 / 32 / 48 keys read 4-13% above
   // the gather in 16-row boxes, while pages of 64 read 4% below their 64-row boxes: four times
-  // the copies. The absorbed-MLA tile (up to 512 V columns a box) keeps its one box size. A box's
+  // the copies. Rows narrower than a 128-byte swizzle atom (d96: 64-byte atoms) split a 16-row
+  // box into three 1 KB copies, and pages of 16 keys read 10% below the gather (H200), so those
+  // tiles keep one box size, as does the absorbed-MLA tile (up to 512 V columns a box). A box's
   // shared-memory layout is the first rows of a stage (SmemLayoutK/V tile their atoms rows
   // first, so box b of a stage is the same layout b boxes further on).
   static constexpr int kPageBox = kBlockN % 64 == 0 ? 64 : kBlockN % 32 == 0 ? 32 : 16;
-  static constexpr int kSmallPageBox = kQv ? kPageBox : 16;
+  static constexpr int kSmallPageBox = kQv || kD % 64 != 0 || kDV % 64 != 0 ? kPageBox : 16;
   static_assert(kBlockN % kPageBox == 0 && kPageBox % kSmallPageBox == 0, "key blocks are whole page boxes");
   template <int kRows, class StageLayout, int kCols>
   using BoxOf = decltype(composition(take<0, 2>(StageLayout{}),
