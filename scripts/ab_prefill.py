@@ -4,6 +4,7 @@
     python scripts/ab_prefill.py BASE_BUILD NEW_BUILD [--seqlens 512,1024] [--hdims 64,128]
     python scripts/ab_prefill.py BASE_BUILD NEW_BUILD --backend portable --peer fa2
     python scripts/ab_prefill.py BASE_BUILD NEW_BUILD --varlen --hdims 64,128
+    python scripts/ab_prefill.py BASE_BUILD NEW_BUILD --extend --hdims 128 --page-sizes 1,16,64
 
 Each argument is a build folder (the `build/` of a checkout: `kernels.get_local_kernel` loads it).
 Shapes as in bench_prefill.py (bf16, batch * seqlen = 16k, heads * d = 2048); each point is timed
@@ -11,7 +12,9 @@ in two alternating rounds and the best of each build is kept, so that clock drif
 does not favour one build. Prints TFLOP/s and the ratio to the first build, then the geometric
 mean of those ratios. --backend picks the kernel family (SGL_FLASH_ATTN3_BACKEND), --peer the
 SDPA backend printed beside them. --varlen times the packed workload of bench_prefill_varlen.py
-(64 sequences of seeded random length 1..8k) instead, without a peer.
+(64 sequences of seeded random length 1..8k) instead, without a peer; --extend the paged extend
+step of bench_extend.py (bf16, GQA 32/8 and MHA 16/16, d of --hdims) at each page size, then
+unpaged.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Callable
 
 import torch
 
+import bench_extend as be
 import bench_prefill as bp
 import bench_prefill_varlen as bv
 from bench_table import best_of_rounds, versions_line
@@ -48,6 +52,20 @@ def print_geomeans(ratios: list[list[float]]) -> None:
     print(f"# geomean vs the first build: {means}")
 
 
+def compare_extend(builds: list, ratios: list[list[float]], hdims: list[int], page_sizes: list[int]) -> None:
+    """Paged extend TFLOP/s of each build at each page size, then the same keys unpaged."""
+    batch = be.seeded_batch()
+    for d in hdims:
+        for heads in ((32, 8), (16, 16)):
+            flops = batch.useful_flops(heads[0], d)
+            for page_size in page_sizes:
+                x = be.extend_inputs(batch, heads, page_size, d)
+                best = best_of_builds(builds, lambda fa3: flops / be.median_ms(be.paged_call(fa3, x)) / 1e9)
+                record(ratios, best, f"extend d{d} heads {heads[0]}/{heads[1]} page {page_size}")
+            best = best_of_builds(builds, lambda fa3: flops / be.median_ms(be.unpaged_call(fa3, x)) / 1e9)
+            record(ratios, best, f"extend d{d} heads {heads[0]}/{heads[1]} unpaged")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("builds", nargs="+", type=Path, help="build folders; the first is the baseline")
@@ -56,6 +74,8 @@ def main() -> int:
     parser.add_argument("--backend", choices=("auto", "portable", "sm90"), default="auto")
     parser.add_argument("--peer", choices=sorted(bp.PEERS), default="cudnn")
     parser.add_argument("--varlen", action="store_true", help="the packed workload of bench_prefill_varlen.py")
+    parser.add_argument("--extend", action="store_true", help="the paged extend step of bench_extend.py")
+    parser.add_argument("--page-sizes", default="1,16,64", help="with --extend")
     args = parser.parse_args()
     if len(args.builds) < 2:
         parser.error("give at least two builds to compare")
@@ -65,6 +85,11 @@ def main() -> int:
     builds = [get_local_kernel(b) for b in args.builds]
     print(versions_line())
     ratios: list[list[float]] = [[] for _ in builds]
+    if args.extend:
+        compare_extend(builds, ratios, [int(x) for x in args.hdims.split(",")],
+                       [int(x) for x in args.page_sizes.split(",")])
+        print_geomeans(ratios)
+        return 0
     lengths = bv.seq_lengths()
     for d in (int(x) for x in args.hdims.split(",")):
         for causal in (False, True):

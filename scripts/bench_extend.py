@@ -44,9 +44,9 @@ class Batch:
     def keys(self) -> list[int]:
         return [p + n for p, n in zip(self.prefix, self.new)]
 
-    def useful_flops(self, heads: int) -> float:
+    def useful_flops(self, heads: int, d: int = D) -> float:
         pairs = sum(n * p + (n * n + n) / 2 for p, n in zip(self.prefix, self.new))
-        return 4 * heads * D * pairs
+        return 4 * heads * d * pairs
 
 
 def seeded_batch() -> Batch:
@@ -91,25 +91,48 @@ def on_backend(backend: str, fn):
     return run
 
 
-def measure(fa3, batch: Batch, heads: tuple[int, int], page_size: int) -> tuple[float, float, float]:
+@dataclass(frozen=True)
+class ExtendInputs:
+    """One extend step's tensors: new queries, the keys packed and scattered over a page pool."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    k_pool: torch.Tensor
+    v_pool: torch.Tensor
+    table: torch.Tensor
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    used_k: torch.Tensor
+    max_q: int
+    max_k: int
+
+
+def extend_inputs(batch: Batch, heads: tuple[int, int], page_size: int, d: int = D) -> ExtendInputs:
     h, h_k = heads
     keys = batch.keys
-    q = torch.randn(sum(batch.new), h, D, device="cuda", dtype=torch.bfloat16)
-    k, v = (torch.randn(sum(keys), h_k, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    cu_q, cu_k, used_k = cumulative(batch.new), cumulative(keys), torch.tensor(keys, dtype=torch.int32, device="cuda")
+    q = torch.randn(sum(batch.new), h, d, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(sum(keys), h_k, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     k_pool, table = paged_pool(k, keys, page_size)
     v_pool, _ = paged_pool(v, keys, page_size)
-    max_q, max_k = max(batch.new), max(keys)
+    return ExtendInputs(q, k, v, k_pool, v_pool, table, cumulative(batch.new), cumulative(keys),
+                        torch.tensor(keys, dtype=torch.int32, device="cuda"), max(batch.new), max(keys))
 
-    def paged():
-        return fa3.flash_attn_varlen_func(q, k_pool, v_pool, cu_q, None, max_q, max_k, seqused_k=used_k,
-                                          page_table=table, causal=True)
 
-    def unpaged():
-        return fa3.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, causal=True)
+def paged_call(fa3, x: ExtendInputs):
+    return lambda: fa3.flash_attn_varlen_func(x.q, x.k_pool, x.v_pool, x.cu_q, None, x.max_q, x.max_k,
+                                              seqused_k=x.used_k, page_table=x.table, causal=True)
 
+
+def unpaged_call(fa3, x: ExtendInputs):
+    return lambda: fa3.flash_attn_varlen_func(x.q, x.k, x.v, x.cu_q, x.cu_k, x.max_q, x.max_k, causal=True)
+
+
+def measure(fa3, batch: Batch, heads: tuple[int, int], page_size: int) -> tuple[float, float, float]:
+    x = extend_inputs(batch, heads, page_size)
+    paged, unpaged = paged_call(fa3, x), unpaged_call(fa3, x)
     torch.testing.assert_close(paged(), unpaged(), rtol=0, atol=0)  # the same kernel math on the same keys
-    flops = batch.useful_flops(h)
+    flops = batch.useful_flops(heads[0])
     times = (median_ms(paged), median_ms(unpaged), median_ms(on_backend("portable", paged)))
     return tuple(flops / ms / 1e9 for ms in times)
 

@@ -314,8 +314,9 @@ def ints(values):
     return torch.tensor(values, dtype=torch.int32, device="cuda")
 
 
-# Page sizes of single rows, smaller than a key block, not powers of two, or spanning blocks.
-PAGE_SIZES = [1, 4, 8, 12, 16, 24, 32, 64, 256]
+# Page sizes of single rows, smaller than a key block, not powers of two (gathered, or whole
+# 16-row boxes), or spanning blocks.
+PAGE_SIZES = [1, 4, 8, 12, 16, 24, 32, 48, 64, 256]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -117,11 +117,18 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                          p.k_head_stride, p.k_batch_stride);
     const auto gV = gmem(p.v, p.k_tensor_rows, Traits::kDV, p.num_heads_k, p.k_tensor_batch, p.v_row_stride,
                          p.v_head_stride, p.v_batch_stride);
-    if (p.page_table) {  // pages of whole boxes, the pool read as (page_size, d, heads, pages)
+    // Paged: the pool read as (page_size, d, heads, pages) in boxes of kPageBox rows, or of
+    // kSmallPageBox rows where the pages are not whole large boxes.
+    if (p.page_table && p.page_size % Traits::kPageBox == 0) {
       args.tma.k_page = make_tma_copy(SM90_TMA_LOAD{}, gK, typename Traits::SmemLayoutKBox{},
                                       Shape<Int<Traits::kPageBox>, Int<Traits::kD>>{}, _1{});
       args.tma.v_page = make_tma_copy(SM90_TMA_LOAD{}, gV, typename Traits::SmemLayoutVBox{},
                                       Shape<Int<Traits::kPageBox>, Int<Traits::kDV>>{}, _1{});
+    } else if (p.page_table) {
+      args.tma.k_page_small = make_tma_copy(SM90_TMA_LOAD{}, gK, typename Traits::SmemLayoutKSmallBox{},
+                                            Shape<Int<Traits::kSmallPageBox>, Int<Traits::kD>>{}, _1{});
+      args.tma.v_page_small = make_tma_copy(SM90_TMA_LOAD{}, gV, typename Traits::SmemLayoutVSmallBox{},
+                                            Shape<Int<Traits::kSmallPageBox>, Int<Traits::kDV>>{}, _1{});
     } else {
       args.tma.k = make_tma_copy(SM90_TMA_LOAD{}, gK, take<0, 2>(typename Traits::SmemLayoutK{}),
                                  Shape<Int<Traits::kBlockN>, Int<Traits::kD>>{}, _1{});

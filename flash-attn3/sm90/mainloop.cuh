@@ -43,11 +43,16 @@ struct TmaDescriptors {
                                       Shape<Int<Traits::kBlockN>, Int<Traits::kD>>{}, _1{}));
   using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, take<0, 2>(typename Traits::SmemLayoutV{}),
                                       Shape<Int<Traits::kBlockN>, Int<Traits::kDV>>{}, _1{}));
-  // Paged K/V: (page_size, d, heads, pages) pools read kPageBox rows of one page at a time.
+  // Paged K/V: (page_size, d, heads, pages) pools read kPageBox (or kSmallPageBox) rows of one
+  // page at a time.
   using TmaKPage = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, typename Traits::SmemLayoutKBox{},
                                           Shape<Int<Traits::kPageBox>, Int<Traits::kD>>{}, _1{}));
   using TmaVPage = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, typename Traits::SmemLayoutVBox{},
                                           Shape<Int<Traits::kPageBox>, Int<Traits::kDV>>{}, _1{}));
+  using TmaKSmallPage = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, typename Traits::SmemLayoutKSmallBox{},
+                                               Shape<Int<Traits::kSmallPageBox>, Int<Traits::kD>>{}, _1{}));
+  using TmaVSmallPage = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, typename Traits::SmemLayoutVSmallBox{},
+                                               Shape<Int<Traits::kSmallPageBox>, Int<Traits::kDV>>{}, _1{}));
   using TmaO = decltype(make_tma_copy(SM90_TMA_STORE{}, GmemTensorOut{}, typename Traits::SmemLayoutOBox{}));
   using TmaQv = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, typename Traits::SmemLayoutQv{},
                                        Shape<Int<Traits::kBlockM>, Int<Traits::kDV>>{}, _1{}));
@@ -57,6 +62,8 @@ struct TmaDescriptors {
   TmaV v;
   TmaKPage k_page;  // paged K/V whose page size is a multiple of kPageBox
   TmaVPage v_page;
+  TmaKSmallPage k_page_small;  // ... or only of kSmallPageBox
+  TmaVSmallPage v_page_small;
   TmaO o;
 };
 
@@ -200,63 +207,70 @@ struct Mainloop {
     Tensor tVg = get<0>(part_v);
     Tensor tVs = get<1>(part_v);
 
-    // Paged: kPageBox-row boxes of (kPageBox, d, page_size / kPageBox, pages) pool tiles into
-    // (kPageBox, d, boxes per block, stages) shared-memory boxes. A box past the last key reads
-    // page `pages` (past the pool: TMA zero-fills it).
+    // Paged: boxes of kRows rows, (kRows, d, page_size / kRows, pages) pool tiles into (kRows, d,
+    // boxes per block, stages) shared-memory boxes, kRows = kPageBox or, for pages that are not
+    // whole kPageBox boxes, kSmallPageBox. A box past the last key reads page `pages` (past the
+    // pool: TMA zero-fills it).
     const bool paged = p.page_table != nullptr;
-    constexpr int kBoxes = kBlockN / Traits::kPageBox;
+    const bool small_boxes = Traits::kSmallPageBox < Traits::kPageBox && paged && p.page_size % Traits::kPageBox != 0;
+    const int box_rows = small_boxes ? Traits::kSmallPageBox : Traits::kPageBox;
+    static_assert(kBlockN / Traits::kSmallPageBox <= 32, "one producer lane per page box of a key block");
     const int* pages = p.page_table + int64_t(w.batch) * p.page_table_batch_stride;
-    const auto box_tiles = [&](const auto& tma_page, auto cols, Element* s_base, auto smem_layout) {
-      constexpr int kCols = decltype(cols)::value;
+    const PageSplit split(p.page_size);
+    // Lane b owns box b of a key block: it looks up the box's page before the stage's acquire, so
+    // that the page-table loads (one per lane, side by side) overlap that wait, and issues the
+    // box's copy after it. One page per lane keeps the 24-register producer's state at one
+    // register whatever the box count (pages of 16 keys: 8 boxes per d128 block). The lanes' copies
+    // go out side by side, their page arithmetic by shift and mask (pages of 64 and 128 keys:
+    // +7-10% on an extend step against lane 0 issuing every box with runtime divisions, H100 bf16
+    // d128).
+    const auto look_up = [&](int n) {
+      if (!paged || thread >= kBlockN / box_rows) return 0;
+      const int key = n * kBlockN + thread * box_rows;
+      return key < w.seq.seqlen_k ? pages[split.page(key)] : p.k_tensor_batch;
+    };
+    // Lane b copies box b of block n of one tensor (kCols columns at s_base) into stage `stage`,
+    // completing on `barrier`. The lanes run one copy with their own box index; unrolled over
+    // compile-time box indices instead (lane b taking branch b), pages of 16 keys read 28% below
+    // the gather, and the pages shuffled to lane 0 spilled the d128 producer (968 bytes).
+    const auto copy_boxes = [&](const auto& tma_page, auto rows, auto cols, Element* s_base, auto smem_layout,
+                                uint64_t* barrier, int n, int stage, int page) {
+      constexpr int kRows = decltype(rows)::value, kCols = decltype(cols)::value;
+      if (thread >= kBlockN / kRows) return;
       Tensor mPool = tma_page.get_tma_tensor(gmem_shape(p.k_tensor_rows, kCols, p.num_heads_k, p.k_tensor_batch));
-      Tensor gBox = local_tile(mPool(_, _, w.head_kv, _), Shape<Int<Traits::kPageBox>, Int<kCols>>{},
+      Tensor gBox = local_tile(mPool(_, _, w.head_kv, _), Shape<Int<kRows>, Int<kCols>>{},
                                make_coord(_, _0{}, _));  // (box rows, cols, boxes per page, pages)
       Tensor sBox = flat_divide(make_tensor(make_smem_ptr(s_base), smem_layout),
-                                Shape<Int<Traits::kPageBox>, Int<kCols>>{});  // (box rows, cols, boxes, 1, stages)
-      return tma_partition(tma_page, _0{}, Layout<_1>{}, group_modes<0, 2>(sBox), group_modes<0, 2>(gBox));
+                                Shape<Int<kRows>, Int<kCols>>{});  // (box rows, cols, boxes, 1, stages)
+      auto part = tma_partition(tma_page, _0{}, Layout<_1>{}, group_modes<0, 2>(sBox), group_modes<0, 2>(gBox));
+      const int row_box = split.row(n * kBlockN + thread * kRows) / kRows;
+      copy(tma_page.with(*barrier, 0), get<0>(part)(_, row_box, page), get<1>(part)(_, thread, _0{}, stage));
     };
-    // Block n's page per box, looked up by thread 0 before the stage's acquire so that the
-    // page-table loads overlap that wait. A box past the last key reads page `pages`.
-    using BoxPages = cute::array<int, kBoxes>;
-    const auto look_up = [&](int n) {
-      BoxPages page{};
-      if (!paged || thread != 0) return page;
-      CUTE_UNROLL
-      for (int b = 0; b < kBoxes; ++b) {
-        const int key = n * kBlockN + b * Traits::kPageBox;
-        page[b] = key < w.seq.seqlen_k ? pages[key / p.page_size] : p.k_tensor_batch;
-      }
-      return page;
+    const auto k_boxes = [&](uint64_t* barrier, int n, int stage, int page) {
+      const auto layout = typename Traits::SmemLayoutK{};
+      if (small_boxes)
+        copy_boxes(tma.k_page_small, Int<Traits::kSmallPageBox>{}, Int<kD>{}, smem.k.data(), layout, barrier, n, stage, page);
+      else copy_boxes(tma.k_page, Int<Traits::kPageBox>{}, Int<kD>{}, smem.k.data(), layout, barrier, n, stage, page);
     };
-    // Thread 0 copies block n's boxes into stage `stage`, completing on `barrier`.
-    const auto copy_boxes = [&](const auto& tma_page, const auto& part, uint64_t* barrier, int n, int stage,
-                                const BoxPages& page) {
-      if (thread != 0) return;
-      CUTE_UNROLL
-      for (int b = 0; b < kBoxes; ++b) {
-        const int row_box = (n * kBlockN + b * Traits::kPageBox) % p.page_size / Traits::kPageBox;
-        copy(tma_page.with(*barrier, 0), get<0>(part)(_, row_box, page[b]), get<1>(part)(_, b, _0{}, stage));
-      }
-    };
-    const auto k_boxes = [&] {
-      return box_tiles(tma.k_page, Int<kD>{}, smem.k.data(), typename Traits::SmemLayoutK{});
-    };
-    const auto v_boxes = [&] {
-      return box_tiles(tma.v_page, Int<kDV>{}, smem.v.data(), typename Traits::SmemLayoutV{});
+    const auto v_boxes = [&](uint64_t* barrier, int n, int stage, int page) {
+      const auto layout = typename Traits::SmemLayoutV{};
+      if (small_boxes)
+        copy_boxes(tma.v_page_small, Int<Traits::kSmallPageBox>{}, Int<kDV>{}, smem.v.data(), layout, barrier, n, stage, page);
+      else copy_boxes(tma.v_page, Int<Traits::kPageBox>{}, Int<kDV>{}, smem.v.data(), layout, barrier, n, stage, page);
     };
 
-    auto load_k = [&](int n, const PipelineState& st, const BoxPages& page) {
+    auto load_k = [&](int n, const PipelineState& st, int page) {
       pipe_k.producer_acquire(st);
-      if (paged) copy_boxes(tma.k_page, k_boxes(), pipe_k.producer_get_barrier(st), n, st.index(), page);
+      if (paged) k_boxes(pipe_k.producer_get_barrier(st), n, st.index(), page);
       else if (thread == 0) copy(tma.k.with(*pipe_k.producer_get_barrier(st), 0), tKg(_, n), tKs(_, st.index()));
     };
-    auto load_v = [&](int n, const PipelineState& st, const BoxPages& page) {
+    auto load_v = [&](int n, const PipelineState& st, int page) {
       pipe_v.producer_acquire(st);
-      if (paged) copy_boxes(tma.v_page, v_boxes(), pipe_v.producer_get_barrier(st), n, st.index(), page);
+      if (paged) v_boxes(pipe_v.producer_get_barrier(st), n, st.index(), page);
       else if (thread == 0) copy(tma.v.with(*pipe_v.producer_get_barrier(st), 0), tVg(_, n), tVs(_, st.index()));
     };
     auto load_kv = [&](int n) {
-      const BoxPages page = look_up(n);
+      const int page = look_up(n);
       load_k(n, state, page);
       load_v(n, state, page);
       ++state;
@@ -266,10 +280,10 @@ struct Mainloop {
     // those rows, and only then completes the stage's full barrier (one plain arrive: the stage
     // is not armed with transaction bytes), so the consumers see the tail already zeroed.
     uint64_t* tail_loaded = &smem.v_tail_loaded;
-    auto issue_v_tail = [&](int n, const PipelineState& st, const BoxPages& page) {
+    auto issue_v_tail = [&](int n, const PipelineState& st, int page) {
       smem.pipe_v.empty_barrier_[st.index()].wait(st.phase());
       if (thread == 0) cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(tail_loaded, Traits::kBytesV);
-      if (paged) copy_boxes(tma.v_page, v_boxes(), tail_loaded, n, st.index(), page);
+      if (paged) v_boxes(tail_loaded, n, st.index(), page);
       else if (thread == 0) copy(tma.v.with(*tail_loaded, 0), tVg(_, n), tVs(_, st.index()));
     };
     auto finish_v_tail = [&](const PipelineState& st) {
@@ -287,17 +301,17 @@ struct Mainloop {
       // Neither Q nor the next K waits for the tail: the consumers need K of block n - 1 right
       // after block n's softmax, V of block n only for its P.V.
       const PipelineState tail = state;
-      const BoxPages tail_pages = look_up(n);
-      load_k(n, tail, tail_pages);
-      issue_v_tail(n, tail, tail_pages);
+      const int tail_page = look_up(n);
+      load_k(n, tail, tail_page);
+      issue_v_tail(n, tail, tail_page);
       ++state;
       if constexpr (Traits::kQStages == 1) load_q(p, tma, smem, w, pipe_q, q_state, thread);
       const bool more = n - 1 >= w.n_block_min;
-      const BoxPages next_pages = more ? look_up(n - 1) : BoxPages{};
-      if (more) load_k(n - 1, state, next_pages);
+      const int next_page = more ? look_up(n - 1) : 0;
+      if (more) load_k(n - 1, state, next_page);
       finish_v_tail(tail);
       if (more) {
-        load_v(n - 1, state, next_pages);
+        load_v(n - 1, state, next_page);
         ++state;
         --n;
       }
@@ -478,9 +492,9 @@ struct Mainloop {
     load_v(w.n_block_min);
   }
 
-  // Paged K/V are gathered with cp.async unless every page holds whole kPageBox-row boxes.
+  // Paged K/V are gathered with cp.async unless every page holds whole kSmallPageBox-row boxes.
   static __host__ __device__ bool gathers(const FwdParams& p) {
-    return p.page_table != nullptr && p.page_size % Traits::kPageBox != 0;
+    return p.page_table != nullptr && p.page_size % Traits::kSmallPageBox != 0;
   }
   // Every producer thread copies rows (paged K/V or packed GQA Q); otherwise one warp issues TMA.
   static __host__ __device__ bool whole_producer_group(const FwdParams& p) { return gathers(p) || p.pack_gqa; }

@@ -120,17 +120,26 @@ struct Traits {
       decltype(tile_to_shape(k_major_atom<Element, kD>(), Shape<Int<kBlockN>, Int<kD>, Int<kStages>>{}));
   using SmemLayoutV =
       decltype(tile_to_shape(k_major_atom<Element, kDV>(), Shape<Int<kBlockN>, Int<kDV>, Int<kStages>>{}));
-  // Paged K/V by TMA: a key block arrives as kBlockN / kPageBox boxes of kPageBox rows, each from
-  // its own page (page sizes that are multiples of kPageBox; other sizes are gathered). A box's
-  // shared-memory layout is the first kPageBox rows of a stage (SmemLayoutK/V tile their atoms
-  // rows first, so box b of a stage is the same layout kPageBox rows further on).
+  // Paged K/V by TMA: a key block arrives as boxes of whole pages' rows, each from its own page.
+  // Pages whose size is a multiple of kPageBox (the largest box a key block holds) take boxes of
+  // kPageBox rows; other multiples of 16 keys take boxes of kSmallPageBox rows, and the rest are
+  // gathered. On an extend step (H100, bf16 d128) pages of 16 / 32 / 48 keys read 4-13% above
+  // the gather in 16-row boxes, while pages of 64 read 4% below their 64-row boxes: four times
+  // the copies. Rows narrower than a 128-byte swizzle atom (d96: 64-byte atoms) split a 16-row
+  // box into three 1 KB copies, and pages of 16 keys read 10% below the gather (H200), so those
+  // tiles keep one box size, as does the absorbed-MLA tile (up to 512 V columns a box). A box's
+  // shared-memory layout is the first rows of a stage (SmemLayoutK/V tile their atoms rows
+  // first, so box b of a stage is the same layout b boxes further on).
   static constexpr int kPageBox = kBlockN % 64 == 0 ? 64 : kBlockN % 32 == 0 ? 32 : 16;
-  static_assert(kBlockN % kPageBox == 0, "key blocks are whole page boxes");
-  template <class StageLayout, int kCols>
+  static constexpr int kSmallPageBox = kQv || kD % 64 != 0 || kDV % 64 != 0 ? kPageBox : 16;
+  static_assert(kBlockN % kPageBox == 0 && kPageBox % kSmallPageBox == 0, "key blocks are whole page boxes");
+  template <int kRows, class StageLayout, int kCols>
   using BoxOf = decltype(composition(take<0, 2>(StageLayout{}),
-                                     make_layout(Shape<Int<kPageBox>, Int<kCols>>{}, make_stride(_1{}, Int<kBlockN>{}))));
-  using SmemLayoutKBox = BoxOf<SmemLayoutK, kD>;
-  using SmemLayoutVBox = BoxOf<SmemLayoutV, kDV>;
+                                     make_layout(Shape<Int<kRows>, Int<kCols>>{}, make_stride(_1{}, Int<kBlockN>{}))));
+  using SmemLayoutKBox = BoxOf<kPageBox, SmemLayoutK, kD>;
+  using SmemLayoutVBox = BoxOf<kPageBox, SmemLayoutV, kDV>;
+  using SmemLayoutKSmallBox = BoxOf<kSmallPageBox, SmemLayoutK, kD>;
+  using SmemLayoutVSmallBox = BoxOf<kSmallPageBox, SmemLayoutV, kDV>;
   // The same V bytes as (kDV, kBlockN, stages): the MN-major B operand of P.V.
   using SmemLayoutVt = decltype(composition(
       SmemLayoutV{}, make_ordered_layout(Shape<Int<kDV>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
