@@ -52,8 +52,8 @@ def main() -> None:
     fa3.flash_attn_varlen_func(q, k, v, cu_seqlens(lq), cu_seqlens(lk), max(lq), max(lk), causal=True, sinks=sinks)
     # Paged pools (pages in reverse order; 1 to 256 keys, 12 and 48 not powers of two) with 128-
     # and 64-byte swizzled rows and uneven row groups per producer warp; pages of 64 (d128, d256)
-    # and 256 (d192) load by TMA in their tile's largest boxes, pages of 16 (d96) and 48 (d128)
-    # in 16-row boxes.
+    # and 256 (d192) load by TMA in their tile's largest boxes, pages of 48 (d128) in 16-row
+    # boxes; pages of 16 on d96 (64-byte swizzled rows) are gathered.
     for d, page_size in ((128, 1), (64, 12), (96, 16), (256, 64), (192, 8), (128, 64), (192, 256), (128, 48)):
         lq, lk = [200, 17, 300], [300, 0, 517]
         pages = [max(1, -(-n // page_size)) for n in lk]
