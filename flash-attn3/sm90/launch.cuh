@@ -119,7 +119,7 @@ cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream) {
                          p.v_head_stride, p.v_batch_stride);
     // Paged: the pool read as (page_size, d, heads, pages) in boxes of kPageBox rows, or of
     // kSmallPageBox rows where the pages are not whole large boxes.
-    if (p.page_table && p.page_size % Traits::kPageBox == 0) {
+    if (p.page_table && !Mainloop<Traits>::small_page_boxes(p)) {
       args.tma.k_page = make_tma_copy(SM90_TMA_LOAD{}, gK, typename Traits::SmemLayoutKBox{},
                                       Shape<Int<Traits::kPageBox>, Int<Traits::kD>>{}, _1{});
       args.tma.v_page = make_tma_copy(SM90_TMA_LOAD{}, gV, typename Traits::SmemLayoutVBox{},

@@ -212,7 +212,7 @@ struct Mainloop {
     // whole kPageBox boxes, kSmallPageBox. A box past the last key reads page `pages` (past the
     // pool: TMA zero-fills it).
     const bool paged = p.page_table != nullptr;
-    const bool small_boxes = Traits::kSmallPageBox < Traits::kPageBox && paged && p.page_size % Traits::kPageBox != 0;
+    const bool small_boxes = small_page_boxes(p);
     const int box_rows = small_boxes ? Traits::kSmallPageBox : Traits::kPageBox;
     static_assert(kBlockN / Traits::kSmallPageBox <= 32, "one producer lane per page box of a key block");
     const int* pages = p.page_table + int64_t(w.batch) * p.page_table_batch_stride;
@@ -495,6 +495,10 @@ struct Mainloop {
   // Paged K/V are gathered with cp.async unless every page holds whole kSmallPageBox-row boxes.
   static __host__ __device__ bool gathers(const FwdParams& p) {
     return p.page_table != nullptr && p.page_size % Traits::kSmallPageBox != 0;
+  }
+  // Paged K/V by TMA in kSmallPageBox-row boxes: pages that are not whole kPageBox boxes.
+  static __host__ __device__ bool small_page_boxes(const FwdParams& p) {
+    return Traits::kSmallPageBox < Traits::kPageBox && p.page_table != nullptr && p.page_size % Traits::kPageBox != 0;
   }
   // Every producer thread copies rows (paged K/V or packed GQA Q); otherwise one warp issues TMA.
   static __host__ __device__ bool whole_producer_group(const FwdParams& p) { return gathers(p) || p.pack_gqa; }
