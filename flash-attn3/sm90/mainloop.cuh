@@ -246,17 +246,20 @@ struct Mainloop {
       const int row_box = split.row(n * kBlockN + thread * kRows) / kRows;
       copy(tma_page.with(*barrier, 0), get<0>(part)(_, row_box, page), get<1>(part)(_, thread, _0{}, stage));
     };
-    const auto k_boxes = [&](uint64_t* barrier, int n, int stage, int page) {
-      const auto layout = typename Traits::SmemLayoutK{};
+    // Block n of one tensor (kCols columns at s_base) in the call's box size.
+    const auto page_boxes = [&](const auto& tma_large, const auto& tma_small, auto cols, Element* s_base,
+                                auto smem_layout, uint64_t* barrier, int n, int stage, int page) {
       if (small_boxes)
-        copy_boxes(tma.k_page_small, Int<Traits::kSmallPageBox>{}, Int<kD>{}, smem.k.data(), layout, barrier, n, stage, page);
-      else copy_boxes(tma.k_page, Int<Traits::kPageBox>{}, Int<kD>{}, smem.k.data(), layout, barrier, n, stage, page);
+        copy_boxes(tma_small, Int<Traits::kSmallPageBox>{}, cols, s_base, smem_layout, barrier, n, stage, page);
+      else copy_boxes(tma_large, Int<Traits::kPageBox>{}, cols, s_base, smem_layout, barrier, n, stage, page);
+    };
+    const auto k_boxes = [&](uint64_t* barrier, int n, int stage, int page) {
+      page_boxes(tma.k_page, tma.k_page_small, Int<kD>{}, smem.k.data(), typename Traits::SmemLayoutK{}, barrier, n,
+                 stage, page);
     };
     const auto v_boxes = [&](uint64_t* barrier, int n, int stage, int page) {
-      const auto layout = typename Traits::SmemLayoutV{};
-      if (small_boxes)
-        copy_boxes(tma.v_page_small, Int<Traits::kSmallPageBox>{}, Int<kDV>{}, smem.v.data(), layout, barrier, n, stage, page);
-      else copy_boxes(tma.v_page, Int<Traits::kPageBox>{}, Int<kDV>{}, smem.v.data(), layout, barrier, n, stage, page);
+      page_boxes(tma.v_page, tma.v_page_small, Int<kDV>{}, smem.v.data(), typename Traits::SmemLayoutV{}, barrier, n,
+                 stage, page);
     };
 
     auto load_k = [&](int n, const PipelineState& st, int page) {
