@@ -246,7 +246,7 @@ struct Mainloop {
       const int row_box = split.row(n * kBlockN + thread * kRows) / kRows;
       copy(tma_page.with(*barrier, 0), get<0>(part)(_, row_box, page), get<1>(part)(_, thread, _0{}, stage));
     };
-    // Block n of one tensor (kCols columns at s_base) in the call's box size.
+    // Block n of one tensor (`cols` columns at s_base) in the call's box size.
     const auto page_boxes = [&](const auto& tma_large, const auto& tma_small, auto cols, Element* s_base,
                                 auto smem_layout, uint64_t* barrier, int n, int stage, int page) {
       if (small_boxes)
